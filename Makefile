@@ -1,0 +1,34 @@
+# Two entry points for a fresh machine: `make demo` and `make test`.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+# A scratch repository made from examples/gqa-mlx, evolved on the CPU with the built-in operator.
+demo: $(STAMP)
+	rm -rf demo-run && mkdir demo-run
+	cd demo-run && git init --quiet --initial-branch=main \
+	  && git -c user.name=demo -c user.email=demo@localhost commit --quiet --allow-empty -m "Empty start"
+	cd demo-run && ../$(BIN)/gitevolve init --example gqa-mlx
+	cd demo-run && ../$(BIN)/gitevolve run --islands 5
+	cd demo-run && ../$(BIN)/gitevolve status
+	@echo
+	@echo "Look at the result with plain git, inside demo-run/:"
+	@echo "  git log --oneline gitevolve/island-0          # island 0's champion and its lineage"
+	@echo "  git notes --ref=gitevolve show gitevolve/island-0   # its score as JSON"
+	@echo "  git diff main gitevolve/island-0              # what evolution changed"
+	@echo "  ../$(BIN)/gitevolve show gitevolve/island-0   # score, metrics and diff in one"
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q -n 0 2>/dev/null || $(BIN)/python -m pytest -q
+
+clean:
+	rm -rf $(VENV) demo-run
