@@ -28,7 +28,7 @@ demo: $(STAMP)
 	@echo "  ../$(BIN)/gitevolve show gitevolve/island-0   # score, metrics and diff in one"
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -q -n 0 2>/dev/null || $(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q
 
 clean:
 	rm -rf $(VENV) demo-run
