@@ -1,0 +1,3 @@
+from gitevolve.cli import main
+
+main()
