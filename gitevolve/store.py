@@ -239,21 +239,18 @@ class Store:
         commit._serialize(buf)
         return self._store(b"commit", buf.getvalue()).hex()
 
-    def write_commit(self, parent: str, files: dict[str, str], message: str) -> str:
-        """A commit on top of `parent` with `files` replaced; nothing points at it yet."""
+    def tree_with(self, parent: str, files: dict[str, str]) -> str:
+        """The tree of `parent` with `files` replaced (written, but nothing points at it yet)."""
         tree = self.repo.commit(parent).tree.binsha
         for path, text in files.items():
             tree = self._replace_path(tree, path.split("/"), self._store(b"blob", text.encode()))
-        return self._commit(tree, [parent], message)
-
-    def tree_of(self, sha: str) -> str:
-        return self.repo.commit(sha).tree.hexsha
+        return tree.hex()
 
     # --- candidates and notes --------------------------------------------------------------
 
-    def add_candidate(self, parent: str, files: dict[str, str], message: str) -> str:
-        """Commit a candidate and pin it, atomically: a pinned commit always exists."""
-        sha = self.write_commit(parent, files, message)
+    def add_candidate(self, parent: str, tree: str, message: str) -> str:
+        """Commit a candidate and pin it. The commit exists before the ref that makes it reachable."""
+        sha = self._commit(bytes.fromhex(tree), [parent], message)
         self.update_refs([(self.refs.pin(sha), sha, None)], f"candidate {sha[:10]}")
         return sha
 
@@ -264,12 +261,13 @@ class Store:
             updates += [(self.refs.seed(k), seed, None), (self.refs.island(k), seed, None)]
         self.update_refs(updates, "start islands")
 
-    def record(self, sha: str, note: dict, champion: tuple[int, str, str] | None = None) -> None:
+    def record(self, sha: str, note: dict, champion: tuple[int, str] | None = None) -> bool:
         """Write `sha`'s note and, if given, move island k's branch old -> sha: one transaction.
 
-        Retried when another writer moved the notes ref in between (their note is kept and ours
-        added on top); a champion branch that moved under us is left alone and the note still
-        lands, because the champion is decided again from the notes on the next read.
+        `champion` is (island, the branch's expected old value). Retried when another writer
+        moved the notes ref in between (their note is kept and ours added on top); a champion
+        branch that moved under us is left alone and the note still lands. Returns whether the
+        branch moved.
         """
         payload = (json.dumps(note, indent=2, sort_keys=True) + "\n").encode()
         for _ in range(20):
@@ -277,12 +275,12 @@ class Store:
             new = self._notes_commit(old, {sha: payload})
             updates = [(self.refs.notes, new, old)]
             if champion is not None:
-                k, old_champion, _ = champion
+                k, old_champion = champion
                 updates.append((self.refs.island(k), sha, old_champion))
             try:
                 self.update_refs(updates, f"score {sha[:10]}")
                 self._notes_head, self._notes_known = new, True
-                return
+                return champion is not None
             except StaleRef:
                 self._notes_known = False
                 if champion is not None and self._ref_value(self.refs.island(champion[0])) != champion[1]:

@@ -1,0 +1,114 @@
+"""The `gitevolve` command: wires arguments to the modules that do the work.
+
+Errors the user can fix arrive here as `GitevolveError` and leave as one line on stderr
+with exit status 1; Ctrl-C leaves with 130 after the run has said what it kept.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+from rich.console import Console
+
+from gitevolve import loop, report
+from gitevolve.commands import init as init_command
+from gitevolve.config import load_config
+from gitevolve.errors import GitevolveError
+from gitevolve.mutate.tunables import TunablesOperator
+from gitevolve.progress import for_console
+from gitevolve.store import Store
+
+app = typer.Typer(
+    help="Evolve programs with git: every candidate a commit, every score a git note, every island a branch.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+console = Console()
+
+RunOption = typer.Option("default", "--run", help="Name of the run (several runs can share a repository).")
+
+
+@app.command()
+def init(
+    example: Optional[str] = typer.Option(None, help="Copy a bundled example (gqa-mlx, ...) with its hook and settings, and commit it as the run's base."),
+    file: list[str] = typer.Option([], "--file", help="An evolvable file, for the written .gitevolve.yml (repeatable)."),
+    evaluator: Optional[str] = typer.Option(None, help="The evaluator hook command, for the written .gitevolve.yml."),
+) -> None:
+    """Write a .gitevolve.yml to edit, or add an example (--example) and commit it."""
+    store = Store(Path.cwd())
+    if example:
+        paths, sha = init_command.add_example(store, example)
+        console.print(f"Added the {example} example ({', '.join(paths)}) and committed it as {sha[:10]}: "
+                      f"this is the run's base. Next: gitevolve run", highlight=False)
+    else:
+        path = init_command.write_template(store, file, evaluator)
+        console.print(f"Wrote {path.name}: set `files` and `evaluator.command`, commit it, then run `gitevolve run`. "
+                      f"Examples: {', '.join(init_command.available_examples())}", highlight=False)
+
+
+@app.command()
+def run(
+    islands: Optional[int] = typer.Option(None, help="Number of islands (overrides the config); existing islands are kept."),
+    iterations: Optional[int] = typer.Option(None, help="New candidates to make in this invocation (overrides the config)."),
+    workers: Optional[int] = typer.Option(None, help="Evaluations in parallel, each in its own worktree."),
+    seed: Optional[int] = typer.Option(None, help="Seed for reproducible selection and built-in mutations."),
+    from_rev: Optional[str] = typer.Option(None, "--from", help="Start a new run, or the new islands, from this commit or ref."),
+    run_name: str = RunOption,
+) -> None:
+    """Evolve. Never touches the checkout, the index or the current branch; kill it at any moment, run it again to go on."""
+    store = Store(Path.cwd(), run_name)
+    overrides: dict[str, Any] = {k: v for k, v in
+                                 {"islands": islands, "iterations": iterations, "workers": workers, "seed": seed}.items()
+                                 if v is not None}
+    config = load_config(store.root, overrides)
+    progress = for_console(console)
+    operator = TunablesOperator(config.mutation.max_changes, config.mutation.crossover)
+    progress.say("No language model is configured: mutating with the built-in tunables operator.")
+    try:
+        stats = loop.run(store, config, operator, progress, islands=config.islands, iterations=config.iterations, from_rev=from_rev)
+    except KeyboardInterrupt:
+        raise typer.Exit(130) from None
+    board = report.leaderboard(store, report.population_of(store))
+    best = max((r for r in board["islands"] if r["score"] is not None), key=lambda r: r["score"], default=None)
+    skipped = ", ".join(f"{n} {kind}" for kind, n in sorted(stats.rejected.items()))
+    console.print(f"Done: {stats.evaluated} evaluated ({stats.failed} failed, {stats.migrations} migrations)"
+                  + (f"; no candidate from: {skipped}" if skipped else "") + ".", highlight=False)
+    if best:
+        console.print(f"Best: {best['score']:.4f} on {best['branch']} ({best['champion'][:10]}); "
+                      f"base scored {report._fmt(board['base_score'])}. See `gitevolve status`.", highlight=False)
+
+
+@app.command()
+def status(
+    json_output: bool = typer.Option(False, "--json", help="Print the leaderboard as JSON, for scripts."),
+    top: int = typer.Option(5, help="Also list the best N candidates overall (0: none)."),
+    run_name: str = RunOption,
+) -> None:
+    """Leaderboard across islands: each island's champion, its score and candidate counts."""
+    store = Store(Path.cwd(), run_name)
+    board = report.leaderboard(store, report.population_of(store), top)
+    typer.echo(report.as_json(board) if json_output else report.render_leaderboard(board))
+
+
+@app.command()
+def show(
+    rev: str = typer.Argument(..., help="The candidate: a commit, a branch such as gitevolve/island-2, HEAD~2 ..."),
+    json_output: bool = typer.Option(False, "--json", help="Print only the note, as JSON."),
+    run_name: str = RunOption,
+) -> None:
+    """One candidate: status, score, metrics, artifacts, and its diff against its parent."""
+    store = Store(Path.cwd(), run_name)
+    note, patch = report.show(store, rev)
+    typer.echo(report.as_json(note) if json_output else report.render_show(note, patch, run_name))
+
+
+def main() -> None:
+    try:
+        app()
+    except GitevolveError as e:
+        Console(stderr=True).print(f"gitevolve: {e}", highlight=False, markup=False, soft_wrap=True)
+        sys.exit(1)

@@ -1,0 +1,146 @@
+"""`.gitevolve.yml`: the run's settings, declared once and checked on load.
+
+Every key is known: an unknown key, a wrong type or a missing file is a `GitevolveError`
+whose one line names the key (OpenEvolve silently ignored unknown keys, so a typo meant
+a setting that never applied). Command-line flags are merged in before validation, so
+they are checked by the same rules.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from gitevolve.errors import GitevolveError
+from gitevolve.evaluate import Stage
+
+CONFIG_NAME = ".gitevolve.yml"
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+class StageConfig(_Section):
+    name: str = Field(min_length=1)
+    command: str = Field(min_length=1)
+    timeout: float = Field(default=300.0, gt=0)
+    threshold: float | None = None
+
+
+class EvaluatorConfig(_Section):
+    command: str | None = Field(default=None, min_length=1)
+    timeout: float = Field(default=300.0, gt=0)
+    retries: int = Field(default=2, ge=0, le=10)
+    stages: list[StageConfig] | None = Field(default=None, min_length=1)
+
+    @model_validator(mode="after")
+    def _one_way_to_say_it(self) -> EvaluatorConfig:
+        if (self.command is None) == (self.stages is None):
+            raise ValueError("give either 'command' (one stage) or 'stages' (a list), not both or neither")
+        if self.stages and len({s.name for s in self.stages}) != len(self.stages):
+            raise ValueError("stage names must be unique")
+        return self
+
+    def stage_list(self) -> list[Stage]:
+        if self.stages is None:
+            return [Stage(name="main", command=self.command or "", timeout=self.timeout)]
+        return [Stage(s.name, s.command, s.timeout, s.threshold) for s in self.stages]
+
+
+class SelectionConfig(_Section):
+    elite: float = Field(default=0.2, ge=0, le=1)
+    exploitation: float = Field(default=0.5, ge=0, le=1)
+    exploration: float = Field(default=0.3, ge=0, le=1)
+    inspirations: int = Field(default=2, ge=0, le=20)
+
+    @model_validator(mode="after")
+    def _ratios_sum_to_one(self) -> SelectionConfig:
+        total = self.elite + self.exploitation + self.exploration
+        if not math.isclose(total, 1.0, abs_tol=1e-6):
+            raise ValueError(f"elite + exploitation + exploration must sum to 1 (they sum to {total:g})")
+        return self
+
+
+class MigrationConfig(_Section):
+    interval: int = Field(default=4, ge=1)
+    rate: float = Field(default=0.2, gt=0, le=1)
+    topology: Literal["ring", "random"] = "ring"
+
+
+class FeatureConfig(_Section):
+    name: str = Field(min_length=1)
+    bins: int = Field(default=6, ge=1, le=100)
+    range: list[float] = Field(min_length=2, max_length=2)
+
+    @model_validator(mode="after")
+    def _range_is_ordered(self) -> FeatureConfig:
+        if not self.range[0] < self.range[1]:
+            raise ValueError(f"range must be [low, high] with low < high, got {self.range}")
+        return self
+
+
+class MutationConfig(_Section):
+    operator: Literal["auto", "tunables"] = "auto"
+    max_changes: int = Field(default=2, ge=1, le=10)
+    crossover: float = Field(default=0.3, ge=0, le=1)
+
+
+class Config(_Section):
+    files: list[str] = Field(min_length=1)
+    evaluator: EvaluatorConfig
+    islands: int = Field(default=5, ge=1, le=64)
+    population_size: int = Field(default=30, ge=2)
+    iterations: int = Field(default=40, ge=0)
+    workers: int = Field(default=2, ge=1, le=64)
+    seed: int | None = 0
+    selection: SelectionConfig = SelectionConfig()
+    migration: MigrationConfig = MigrationConfig()
+    features: list[FeatureConfig] = []
+    mutation: MutationConfig = MutationConfig()
+
+
+def load_config(root: Path, overrides: dict[str, Any] | None = None, name: str = CONFIG_NAME) -> Config:
+    """Read, merge flags into, and validate the config at `root/name`; check the evolvable files exist."""
+    path = root / name
+    if not path.is_file():
+        raise GitevolveError(f"no {name} in {root}: run `gitevolve init` to write one")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark else ""
+        raise GitevolveError(f"{name}{where}: not valid YAML ({getattr(e, 'problem', e)})") from None
+    if not isinstance(raw, dict):
+        raise GitevolveError(f"{name}: expected a mapping of settings at the top level")
+    config = parse_config({**raw, **(overrides or {})}, name)
+    for i, file in enumerate(config.files):
+        if Path(file).is_absolute() or ".." in Path(file).parts:
+            raise GitevolveError(f"{name}: files[{i}]: {file!r} must be a path inside the repository")
+        if not (root / file).is_file():
+            raise GitevolveError(f"{name}: files[{i}]: {file!r} does not exist")
+    return config
+
+
+def parse_config(raw: dict[str, Any], name: str = CONFIG_NAME) -> Config:
+    try:
+        return Config.model_validate(raw)
+    except ValidationError as e:
+        raise GitevolveError(f"{name}: {_first_problem(e)}") from None
+
+
+def _first_problem(error: ValidationError) -> str:
+    problem = error.errors()[0]
+    key = ".".join(str(part) for part in problem["loc"]) or "(top level)"
+    if problem["type"] == "extra_forbidden":
+        return f"{key}: unknown key (see docs/config.md for the known ones)"
+    if problem["type"] == "missing":
+        return f"{key}: required key is missing"
+    message = problem["msg"].removeprefix("Value error, ")
+    if problem["type"] == "value_error" or "input" not in problem:
+        return f"{key}: {message}"
+    return f"{key}: {message} (got {problem['input']!r})"

@@ -1,0 +1,294 @@
+"""One evolution run, top to bottom.
+
+    start      the base commit and one branch per island (or the ones a previous run left)
+    pending    candidates committed but never scored (a crash, a kill) are evaluated first
+    each batch migrations when a migration generation begins, then one mutation per worker:
+               choose a parent on the island -> the operator proposes -> EVOLVE-BLOCK check ->
+               commit + pin -> evaluate in parallel worktrees -> note + champion branch
+
+Every candidate is committed and pinned before it is evaluated, and scored by one atomic ref
+transaction after, so a run killed at any moment loses at most the evaluations in flight, which
+the next run finds and redoes. The batch is planned from one snapshot of the population with a
+random stream derived from (seed, iteration), so a seeded run proposes the same candidates
+whatever the order in which parallel evaluations finish.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import os
+import random
+import time
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timezone
+from typing import Iterator
+
+from gitevolve import __version__, migrate, selection, worktrees
+from gitevolve.config import Config
+from gitevolve.errors import GitevolveError
+from gitevolve.evaluate import Evaluation, evaluate, hook_environment, terminate_all
+from gitevolve.mutate import MutationRejected, Operator, Program
+from gitevolve.mutate.blocks import check as check_blocks
+from gitevolve.population import Candidate, Population, load
+from gitevolve.progress import Progress
+from gitevolve.store import Store, format_message
+
+DUPLICATE_TRIES = 8
+
+
+@dataclass(frozen=True)
+class Job:
+    """A committed candidate waiting for its evaluation."""
+
+    candidate: Candidate
+    code_length: int
+    mutation: dict = field(default_factory=dict)
+
+
+@dataclass
+class Stats:
+    started: float = field(default_factory=time.monotonic)
+    done: int = 0  # iterations of this invocation, including those that made no candidate
+    evaluated: int = 0
+    failed: int = 0
+    migrations: int = 0
+    rejected: dict[str, int] = field(default_factory=dict)  # mutation failures by reason kind
+
+    def reject(self, kind: str) -> None:
+        self.rejected[kind] = self.rejected.get(kind, 0) + 1
+
+    def per_minute(self) -> float:
+        return 60.0 * self.evaluated / max(time.monotonic() - self.started, 1e-9)
+
+
+def run(store: Store, config: Config, operator: Operator, progress: Progress, *, islands: int, iterations: int, from_rev: str | None = None) -> Stats:
+    with run_lock(store):
+        population = start(store, config, islands, from_rev)
+        evaluator = Evaluator(store, config, population.base)
+        stats = Stats()
+        progress.begin(population, iterations)
+        try:
+            if population.pending():
+                progress.say(f"Evaluating {len(population.pending())} candidate(s) committed but not yet scored.")
+                evaluator.run_batch([evaluator.resume_job(c) for c in population.pending()], population, stats, progress)
+            for island in population.islands:
+                if not population.alive(island):
+                    seed = population.candidates[population.seeds[island]]
+                    raise GitevolveError(f"island {island}'s starting commit {seed.sha[:10]} did not pass the evaluator "
+                                         f"({_why(store, seed.sha)}): fix it, then run again (`gitevolve show {seed.sha[:10]}`)")
+            iteration, done = population.next_iteration(), 0
+            while done < iterations:
+                batch = list(range(iteration, iteration + min(config.workers, iterations - done)))
+                jobs = migrations(store, config, population, batch, stats)
+                for i in batch:
+                    job = mutation(store, config, population, operator, i, stats)
+                    if job is not None:
+                        jobs.append(job)
+                evaluator.run_batch(jobs, population, stats, progress)
+                iteration += len(batch)
+                done += len(batch)
+                stats.done = done
+        except KeyboardInterrupt:
+            terminate_all()
+            waiting = len(load(store, store.ref_state()).pending())
+            progress.say(f"Interrupted. {waiting} candidate(s) are committed but not scored: `gitevolve run` evaluates them first.")
+            raise
+        finally:
+            progress.end()
+        return stats
+
+
+def start(store: Store, config: Config, islands: int, from_rev: str | None) -> Population:
+    """Create the run's base and island branches if they are missing, and read the population."""
+    state = store.ref_state()
+    if state.base is None:
+        if from_rev:
+            base = store.resolve(from_rev)
+        else:
+            base = store.head_commit() or _fail("the repository has no commit yet: commit the program to evolve first")
+            refuse_uncommitted(store, config.files)
+        for path in config.files:
+            store.read_file(base, path)  # raises a clear error when the base lacks a file
+        store.start_islands(base, {k: base for k in range(islands)}, create_base=True)
+    else:
+        new = range(len(state.seeds), islands)
+        if from_rev and not new:
+            raise GitevolveError(
+                f"run {store.refs.run!r} already has {len(state.seeds)} islands from {state.base[:10]}: to start from "
+                f"{from_rev}, add islands (--islands {len(state.seeds) + 1}) or start a new run (--run NAME --from {from_rev})"
+            )
+        if new:
+            seed = store.resolve(from_rev) if from_rev else state.base
+            store.start_islands(state.base, {k: seed for k in new}, create_base=False)
+    return load(store, store.ref_state())
+
+
+def refuse_uncommitted(store: Store, files: list[str]) -> None:
+    dirty = store.git("status", "--porcelain", "--", *files).strip()
+    if dirty:
+        names = ", ".join(line[3:] for line in dirty.splitlines())
+        raise GitevolveError(f"{names}: uncommitted changes. gitevolve evolves commits: commit them first (or pass --from REF)")
+
+
+def migrations(store: Store, config: Config, population: Population, batch: list[int], stats: Stats) -> list[Job]:
+    """Migration candidates, when the batch begins a generation that is a multiple of the interval."""
+    n = len(population.islands)
+    for generation in sorted({(i - 1) // n for i in batch}):
+        if generation == 0 or generation % config.migration.interval or population.migrated_at(generation):
+            continue
+        jobs = []
+        for m in migrate.plan(store, population, config, _rng(config, store, f"migration/{generation}")):
+            subject, body = m.message()
+            trailers = {"Island": m.target_island, "Generation": generation, "Operator": m.operator, "Migrated-From": m.source.sha}
+            job = commit_job(store, population, m.target, m.files, subject, body, trailers, m.target_island, None, generation, m.operator)
+            if job is not None:
+                jobs.append(job)
+                stats.migrations += 1
+        return jobs
+    return []
+
+
+def mutation(store: Store, config: Config, population: Population, operator: Operator, iteration: int, stats: Stats) -> Job | None:
+    """One mutation on the island whose turn it is: a committed candidate, or None (counted) if none could be made."""
+    island = population.islands[(iteration - 1) % len(population.islands)]
+    generation = (iteration - 1) // len(population.islands)
+    rng = _rng(config, store, str(iteration))
+    choice = selection.choose(population, island, config, rng)
+    if choice is None:
+        stats.reject("no parent")
+        return None
+    parent = program(store, config, choice.parent)
+    inspirations = [program(store, config, c) for c in choice.inspirations]
+    for _ in range(DUPLICATE_TRIES):
+        try:
+            proposal = operator.propose(parent, inspirations, rng)
+            for path, text in proposal.files.items():
+                if path not in parent.files:
+                    raise MutationRejected(f"{path} is not an evolvable file")
+                check_blocks(path, parent.files[path], text)
+        except MutationRejected as e:
+            stats.reject(str(e).split(":")[0][:40])
+            return None
+        trailers = {"Island": island, "Iteration": iteration, "Generation": generation, "Operator": proposal.operator, "Parent-Selection": choice.how}
+        job = commit_job(store, population, parent.candidate.sha, proposal.files, proposal.subject, proposal.body,
+                         trailers, island, iteration, generation, proposal.operator, proposal.meta, parent.files)
+        if job is not None:
+            return job
+    stats.reject("duplicate")
+    return None
+
+
+def commit_job(store: Store, population: Population, parent: str, files: dict[str, str], subject: str, body: str,
+               trailers: dict, island: int, iteration: int | None, generation: int, operator: str,
+               meta: dict | None = None, parent_files: dict[str, str] | None = None) -> Job | None:
+    """Commit and pin a candidate unless the island already tried the same tree."""
+    tree = store.tree_with(parent, files)
+    if tree in population.trees(island):
+        return None
+    sha = store.add_candidate(parent, tree, format_message(subject, body, {"Run": store.refs.run, **trailers}))
+    candidate = Candidate(sha, parent, island, iteration, generation, "pending", tree=tree, operator=operator, subject=subject)
+    population.add(candidate)
+    texts = {**(parent_files or {}), **files}
+    return Job(candidate, sum(len(t) for t in texts.values()), meta or {})
+
+
+def program(store: Store, config: Config, candidate: Candidate) -> Program:
+    return Program(candidate, {path: store.read_file(candidate.sha, path) for path in config.files})
+
+
+class Evaluator:
+    """Runs jobs' evaluations in parallel worktrees and records each result as it arrives."""
+
+    def __init__(self, store: Store, config: Config, base: str) -> None:
+        self.store, self.config, self.base = store, config, base
+        self.stages = config.evaluator.stage_list()
+        self.id = hashlib.sha256(json.dumps(config.evaluator.model_dump(), sort_keys=True).encode()).hexdigest()[:12]
+        self.secrets = [k for k in os.environ if k.endswith(("_API_KEY", "_TOKEN", "_SECRET"))]
+
+    def resume_job(self, candidate: Candidate) -> Job:
+        texts = [self.store.read_file(candidate.sha, path) for path in self.config.files]
+        return Job(candidate, sum(len(t) for t in texts))
+
+    def run_batch(self, jobs: list[Job], population: Population, stats: Stats, progress: Progress) -> None:
+        if not jobs:
+            return
+        slots = [worktrees.checkout(self.store, i % self.config.workers, job.candidate.sha) for i, job in enumerate(jobs)]
+        with ThreadPoolExecutor(max_workers=self.config.workers) as pool:
+            futures = {}
+            for slot, job in zip(slots, jobs):
+                futures[pool.submit(self._evaluate, slot, job)] = job
+            for future in as_completed(futures):
+                scored = self.record(futures[future], future.result(), population, stats)
+                progress.update(population, stats, scored)
+
+    def _evaluate(self, path, job: Job) -> Evaluation:
+        c = job.candidate
+        env = hook_environment(os.environ, {
+            "GITEVOLVE_CANDIDATE": c.sha, "GITEVOLVE_PARENT": c.parent or "", "GITEVOLVE_BASE": self.base,
+            "GITEVOLVE_FILES": os.pathsep.join(self.config.files), "GITEVOLVE_RUN": self.store.refs.run,
+        }, self.secrets)
+        return evaluate(path, self.stages, env, retries=self.config.evaluator.retries)
+
+    def record(self, job: Job, result: Evaluation, population: Population, stats: Stats) -> Candidate:
+        if result.reason == "interrupted":
+            raise KeyboardInterrupt  # the run is stopping: leave the candidate unscored for the next run
+        c = job.candidate
+        scored = replace(c, status=result.status, score=result.score, metrics=result.metrics,
+                         features={"code_length": job.code_length})
+        note = {
+            "status": result.status, "score": result.score, "reason": result.reason,
+            "metrics": result.metrics, "features": scored.features, "artifacts": result.artifacts,
+            "island": c.island, "iteration": c.iteration, "generation": c.generation, "parent": c.parent,
+            "tree": c.tree, "operator": c.operator, "subject": c.subject, "mutation": job.mutation,
+            "evaluator": self.id, "stage": result.stage, "attempts": result.attempts,
+            "seconds": round(result.seconds, 3), "evaluated_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "gitevolve": __version__,
+        }
+        champion = None
+        if c.island is not None and scored.alive:
+            current = population.candidates.get(population.champions[c.island])
+            if current is None or not current.alive or scored.score > current.score:
+                champion = (c.island, population.champions[c.island])
+        moved = self.store.record(c.sha, note, champion)
+        population.add(scored)
+        if champion is not None:
+            population.champions[c.island] = c.sha if moved else self.store.ref_state().islands[c.island]
+        stats.evaluated += 1
+        stats.failed += scored.status != "ok"
+        return scored
+
+
+@contextmanager
+def run_lock(store: Store) -> Iterator[None]:
+    """One `gitevolve run` per run and repository at a time; the kernel drops the lock if we die."""
+    path = worktrees.worktree_root(store).parent / f"{store.refs.run}.lock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            raise GitevolveError(f"another `gitevolve run` is working on run {store.refs.run!r} here (pid {handle.read().strip() or '?'})") from None
+        handle.truncate(0)
+        handle.write(str(os.getpid()))
+        handle.flush()
+        yield
+
+
+def _rng(config: Config, store: Store, key: str) -> random.Random:
+    if config.seed is None:
+        return random.Random()
+    return random.Random(f"{config.seed}/{store.refs.run}/{key}")
+
+
+def _why(store: Store, sha: str) -> str:
+    note = store.note(sha) or {}
+    return note.get("reason") or note.get("status", "not evaluated")
+
+
+def _fail(message: str):
+    raise GitevolveError(message)

@@ -1,0 +1,106 @@
+"""What `status` and `show` print: read from the store, rendered with tabulate."""
+
+from __future__ import annotations
+
+import json
+
+from tabulate import tabulate
+
+from gitevolve.errors import GitevolveError
+from gitevolve.population import Candidate, Population, load
+from gitevolve.store import Store
+
+
+def population_of(store: Store) -> Population:
+    state = store.ref_state()
+    if state.base is None:
+        raise GitevolveError(f"no run {store.refs.run!r} in this repository: start one with `gitevolve run`")
+    return load(store, state)
+
+
+def leaderboard(store: Store, population: Population, top: int = 0) -> dict:
+    """The run as data: one row per island (best first), and the top candidates overall."""
+    islands = []
+    for k in population.islands:
+        members = population.members(k)
+        champion = population.candidates.get(population.champions[k])
+        islands.append({
+            "island": k,
+            "branch": store.refs.island(k).removeprefix("refs/heads/"),
+            "champion": population.champions[k],
+            "score": champion.score if champion else None,
+            "subject": champion.subject if champion else "",
+            "candidates": len(members),
+            "ok": sum(c.status == "ok" for c in members),
+            "failed": sum(c.status in ("failed", "rejected") for c in members),
+            "pending": sum(c.status == "pending" for c in members),
+        })
+    islands.sort(key=lambda row: (row["score"] is None, -(row["score"] or 0.0), row["island"]))
+    alive = sorted((c for c in population.candidates.values() if c.alive), key=lambda c: -(c.score or 0.0))
+    base = population.candidates.get(population.base)
+    return {
+        "run": store.refs.run,
+        "base": population.base,
+        "base_score": base.score if base else None,
+        "candidates": len(population.candidates),
+        "islands": islands,
+        "top": [_row(c) for c in alive[:top]],
+    }
+
+
+def _row(c: Candidate) -> dict:
+    return {"commit": c.sha, "island": c.island, "score": c.score, "operator": c.operator, "subject": c.subject}
+
+
+def _fmt(score: float | None) -> str:
+    return "-" if score is None else f"{score:.4f}"
+
+
+def render_leaderboard(board: dict) -> str:
+    rows = [
+        [r["island"], r["branch"], r["champion"][:10], _fmt(r["score"]), f"{r['ok']}/{r['failed']}/{r['pending']}", r["subject"][:60]]
+        for r in board["islands"]
+    ]
+    lines = [
+        f"run {board['run']}: {board['candidates']} candidates from base {board['base'][:10]} (score {_fmt(board['base_score'])})",
+        "",
+        tabulate(rows, headers=["island", "branch", "champion", "score", "ok/failed/pending", "champion's last change"]),
+    ]
+    if board["top"]:
+        top = [[c["commit"][:10], "seed" if c["island"] is None else c["island"], _fmt(c["score"]), c["operator"], c["subject"][:60]] for c in board["top"]]
+        lines += ["", tabulate(top, headers=["commit", "island", "score", "operator", "subject"])]
+    return "\n".join(lines)
+
+
+def show(store: Store, rev: str) -> tuple[dict | None, str]:
+    """A candidate's note and its commit with the diff against its parent."""
+    sha = store.resolve(rev)
+    note = store.note(sha)
+    parent = store.parent(sha)
+    if parent is None:
+        patch = store.git("show", "--stat", "--format=commit %H%n%n%B", sha)
+    else:
+        patch = store.git("show", "--format=commit %H%nparent %P%n%n%B", sha)
+    return note, patch
+
+
+def render_show(note: dict | None, patch: str, run: str) -> str:
+    if note is None:
+        head = f"not evaluated in run {run!r} (no note)"
+    else:
+        score = _fmt(note.get("score"))
+        where = "seed" if note.get("island") is None else f"island {note['island']}"
+        head = f"{note.get('status')}  score {score}  {where}  operator {note.get('operator') or '-'}"
+        if note.get("reason"):
+            head += f"\nreason: {note['reason']}"
+    lines = [head]
+    if note and note.get("metrics"):
+        lines += ["", tabulate(sorted(note["metrics"].items()), headers=["metric", "value"])]
+    for name, text in sorted((note or {}).get("artifacts", {}).items()):
+        lines += ["", f"--- artifact: {name} ---", text.rstrip()]
+    lines += ["", patch.rstrip()]
+    return "\n".join(lines)
+
+
+def as_json(data: object) -> str:
+    return json.dumps(data, indent=2, sort_keys=True)
