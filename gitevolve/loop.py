@@ -33,7 +33,7 @@ from gitevolve.errors import GitevolveError
 from gitevolve.evaluate import Evaluation, evaluate, hook_environment, terminate_all
 from gitevolve.mutate import MutationRejected, Operator, Program
 from gitevolve.mutate.blocks import check as check_blocks
-from gitevolve.population import Candidate, Population, load
+from gitevolve.population import Candidate, Population, load, rank
 from gitevolve.progress import Progress
 from gitevolve.store import Store, format_message
 
@@ -128,9 +128,9 @@ def start(store: Store, config: Config, islands: int, from_rev: str | None) -> P
 
 
 def refuse_uncommitted(store: Store, files: list[str]) -> None:
-    dirty = store.git("status", "--porcelain", "--", *files).strip()
+    dirty = [line[3:] for line in store.git("status", "--porcelain", "--", *files).splitlines() if line.strip()]
     if dirty:
-        names = ", ".join(line[3:] for line in dirty.splitlines())
+        names = ", ".join(dirty)
         raise GitevolveError(f"{names}: uncommitted changes. gitevolve evolves commits: commit them first (or pass --from REF)")
 
 
@@ -251,7 +251,9 @@ class Evaluator:
         champion = None
         if c.island is not None and scored.alive:
             current = population.candidates.get(population.champions[c.island])
-            if current is None or not current.alive or scored.score > current.score:
+            # By rank (ties go to the earlier candidate), so the champion does not depend on
+            # which of two equal candidates finished evaluating first.
+            if current is None or not current.alive or rank(scored) > rank(current):
                 champion = (c.island, population.champions[c.island])
         moved = self.store.record(c.sha, note, champion)
         population.add(scored)

@@ -97,8 +97,8 @@ class Population:
 
     def members(self, island: int) -> list[Candidate]:
         """Every candidate of an island, its seed included, scored or not."""
-        seed = self.seeds[island]
-        return [c for c in self.candidates.values() if c.island == island or (c.island is None and c.sha == seed)]
+        seed = self.seeds[island]  # the base, or any candidate that `run --from` started the island at
+        return [c for c in self.candidates.values() if c.island == island or c.sha == seed]
 
     def alive(self, island: int) -> list[Candidate]:
         return [c for c in self.members(island) if c.alive]
@@ -118,7 +118,7 @@ class Population:
 
     def best(self, island: int | None = None) -> Candidate | None:
         pool = self.alive(island) if island is not None else [c for c in self.candidates.values() if c.alive]
-        return max(pool, key=_rank, default=None)
+        return max(pool, key=rank, default=None)
 
     def migrated_at(self, generation: int) -> bool:
         return any(c.migration and c.generation == generation for c in self.candidates.values())
@@ -154,20 +154,20 @@ def elites(candidates: list[Candidate], features: list[FeatureConfig]) -> dict[t
     grid: dict[tuple[int, ...], Candidate] = {}
     for c in candidates:
         key = cell(c, features)
-        if key not in grid or _rank(c) > _rank(grid[key]):
+        if key not in grid or rank(c) > rank(grid[key]):
             grid[key] = c
     return grid
 
 
 def island_population(population: Population, island: int, features: list[FeatureConfig], cap: int) -> list[Candidate]:
     """The candidates an island selects from: cell elites first, then the best of the rest, up to the cap."""
-    alive = sorted(population.alive(island), key=_rank, reverse=True)
-    kept = sorted(elites(alive, features).values(), key=_rank, reverse=True)[:cap]
+    alive = sorted(population.alive(island), key=rank, reverse=True)
+    kept = sorted(elites(alive, features).values(), key=rank, reverse=True)[:cap]
     chosen = {c.sha for c in kept}
     kept += [c for c in alive if c.sha not in chosen][: cap - len(kept)]
-    return sorted(kept, key=_rank, reverse=True)
+    return sorted(kept, key=rank, reverse=True)
 
 
-def _rank(c: Candidate) -> tuple[float, int]:
+def rank(c: Candidate) -> tuple[float, int]:
     # Ties go to the earlier candidate so that ranking does not depend on dict order.
     return (c.score if c.score is not None else -math.inf, -(c.iteration or 0))

@@ -1,0 +1,151 @@
+"""Whole runs through the real command line, on real repositories."""
+
+import json
+
+import pytest
+
+from conftest import CONFIG, HOOK, git, gitevolve, make_repo
+
+
+def notes(repo):
+    out = git(repo, "notes", "--ref=gitevolve", "list")
+    return {line.split()[1]: json.loads(git(repo, "notes", "--ref=gitevolve", "show", line.split()[1])) for line in out.splitlines()}
+
+
+def pins(repo):
+    return git(repo, "for-each-ref", "--format=%(objectname)", "refs/gitevolve/default/candidates/").split()
+
+
+def ok(done):
+    assert done.returncode == 0, done.stdout + done.stderr
+    return done
+
+
+def test_a_run_leaves_the_checkout_index_and_branch_alone(repo):
+    (repo / "notes.txt").write_text("staged change\n")
+    git(repo, "add", "notes.txt")
+    (repo / "untracked.txt").write_text("mine\n")
+    before = [git(repo, *a) for a in (["status", "--porcelain"], ["rev-parse", "HEAD"], ["symbolic-ref", "HEAD"], ["diff", "--cached"])]
+    ok(gitevolve(repo, "run"))
+    after = [git(repo, *a) for a in (["status", "--porcelain"], ["rev-parse", "HEAD"], ["symbolic-ref", "HEAD"], ["diff", "--cached"])]
+    assert before == after
+
+
+def test_every_candidate_is_pinned_scored_and_on_its_islands_lineage(repo):
+    ok(gitevolve(repo, "run"))
+    scored = notes(repo)
+    base = git(repo, "rev-parse", "main").strip()
+    assert set(pins(repo)) | {base} == set(scored)
+    for sha, note in scored.items():
+        if sha == base:
+            assert note["island"] is None and note["status"] == "ok"
+            continue
+        assert git(repo, "rev-parse", f"{sha}^").strip() == note["parent"]
+        assert note["island"] in (0, 1, 2)
+        trailers = git(repo, "log", "-1", "--format=%(trailers:key=Gitevolve-Island,valueonly)", sha).strip()
+        assert int(trailers) == note["island"]
+        # Islands stay isolated: a parent is on the same island or is the seed (migrations too,
+        # whose parent is the target island's champion).
+        parent = scored[note["parent"]]
+        assert parent["island"] in (None, note["island"])
+    for k in range(3):
+        champion = git(repo, "rev-parse", f"gitevolve/island-{k}").strip()
+        lineage = git(repo, "rev-list", "--first-parent", f"gitevolve/island-{k}").split()
+        assert base in lineage and scored[champion]["status"] == "ok"
+        assert scored[champion]["score"] == max(n["score"] for s, n in scored.items() if n["island"] == k and n["status"] == "ok") or champion == base
+    git(repo, "fsck", "--strict")
+
+
+def test_a_second_run_goes_on_where_the_first_stopped(repo):
+    ok(gitevolve(repo, "run", "--iterations", "6"))
+    first = notes(repo)
+    ok(gitevolve(repo, "run", "--iterations", "6"))
+    second = notes(repo)
+    assert set(first) < set(second)
+    assert {s: n["score"] for s, n in first.items()} == {s: second[s]["score"] for s in first}
+    iterations = [n["iteration"] for n in second.values() if n["iteration"] is not None]
+    assert len(iterations) == len(set(iterations)) and max(iterations) <= 12 and max(iterations) > 6
+
+
+def test_the_same_seed_makes_the_same_candidates(tmp_path):
+    # Sleeps that differ by setting make parallel evaluations finish in a different order.
+    hook = HOOK.replace('time.sleep(float(os.environ.get("TOY_SLEEP", "0")))', 'time.sleep(0.05 * p["A"])')
+    runs = []
+    for name in ("one", "two"):
+        repo = make_repo(tmp_path / name, hook=hook)
+        ok(gitevolve(repo, "run", "--iterations", "12"))
+        runs.append(sorted((n["iteration"] or 0, n["island"] if n["island"] is not None else -1, n["tree"] or "", n["operator"]) for n in notes(repo).values()))
+    assert runs[0] == runs[1]
+
+
+def test_failed_candidates_are_kept_with_the_reason_and_the_run_goes_on(repo):
+    (repo / "score.py").write_text(HOOK.replace('if p["A"] == 5 and p["B"] == "fast":', 'if p["A"] != 1:'))
+    git(repo, "commit", "-qam", "strict hook")
+    done = ok(gitevolve(repo, "run", "--iterations", "8"))
+    failed = [n for n in notes(repo).values() if n["status"] == "failed"]
+    assert failed, done.stdout
+    for note in failed:
+        assert note["reason"] == "stage 'main' exited with status 3: A=5 with B=fast crashes"
+        assert "A=5 with B=fast crashes" in note["artifacts"]["stderr"] and note["score"] is None
+    board = json.loads(ok(gitevolve(repo, "status", "--json")).stdout)
+    assert sum(r["failed"] for r in board["islands"]) == len(failed)
+
+
+def test_a_base_that_fails_its_evaluation_stops_the_run_with_the_reason(repo):
+    (repo / "score.py").write_text("import sys\nprint('boom', file=sys.stderr)\nsys.exit(2)\n")
+    git(repo, "commit", "-qam", "broken hook")
+    done = gitevolve(repo, "run")
+    assert done.returncode == 1
+    assert "did not pass the evaluator" in done.stderr and "gitevolve show" in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1
+
+
+def test_uncommitted_changes_to_evolvable_files_are_refused(repo):
+    (repo / "prog.py").write_text((repo / "prog.py").read_text() + "# edit\n")
+    done = gitevolve(repo, "run")
+    assert done.returncode == 1 and "prog.py: uncommitted changes" in done.stderr and "commit them" in done.stderr
+
+
+def test_from_starts_a_new_run_or_more_islands_at_any_ref(repo):
+    ok(gitevolve(repo, "run", "--iterations", "6"))
+    start = git(repo, "rev-parse", "gitevolve/island-1").strip()
+    ok(gitevolve(repo, "run", "--run", "again", "--from", "gitevolve/island-1", "--islands", "2", "--iterations", "4"))
+    assert git(repo, "rev-parse", "refs/gitevolve/again/base").strip() == start
+    assert start in git(repo, "rev-list", "gitevolve/again/island-0")
+    refused = gitevolve(repo, "run", "--from", "main")
+    assert refused.returncode == 1 and "--islands 4" in refused.stderr
+    ok(gitevolve(repo, "run", "--from", "gitevolve/island-1", "--islands", "4", "--iterations", "4"))
+    assert start in git(repo, "rev-list", "gitevolve/island-3")
+    assert git(repo, "rev-parse", "refs/gitevolve/default/seeds/island-3").strip() == start
+
+
+def test_status_and_show(repo):
+    ok(gitevolve(repo, "run"))
+    table = ok(gitevolve(repo, "status")).stdout
+    assert "gitevolve/island-0" in table and "ok/failed/pending" in table
+    board = json.loads(ok(gitevolve(repo, "status", "--json")).stdout)
+    assert [r["island"] for r in board["islands"]] != [] and board["base_score"] == 1.5
+    champion = board["islands"][0]["champion"]
+    shown = ok(gitevolve(repo, "show", board["islands"][0]["branch"])).stdout
+    assert f"commit {champion}" in shown and "diff --git a/prog.py b/prog.py" in shown and "score" in shown
+    assert json.loads(ok(gitevolve(repo, "show", "--json", champion)).stdout)["status"] == "ok"
+
+
+def test_commands_outside_a_run_say_what_to_do(repo, tmp_path):
+    done = gitevolve(repo, "status")
+    assert done.returncode == 1 and "gitevolve run" in done.stderr
+    done = gitevolve(repo, "show", "nonsense")
+    assert done.returncode == 1 and "'nonsense' does not name a commit" in done.stderr
+    done = gitevolve(tmp_path, "status")
+    assert done.returncode == 1 and "not inside a git repository" in done.stderr
+
+
+def test_migration_cherry_picks_between_islands(repo):
+    ok(gitevolve(repo, "run", "--iterations", "12"))
+    migrations = [(s, n) for s, n in notes(repo).items() if n["operator"].startswith("migration")]
+    assert migrations
+    for sha, note in migrations:
+        message = git(repo, "log", "-1", "--format=%B", sha)
+        assert message.startswith("Migrate from island ") and "Gitevolve-Migrated-From: " in message
+        source = message.split("Gitevolve-Migrated-From: ")[1].split()[0]
+        assert notes(repo)[source]["island"] != note["island"]
