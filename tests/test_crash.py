@@ -1,0 +1,80 @@
+"""Kill the run at random moments: nothing is lost, nothing is counted twice, the checkout is untouched."""
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+
+from conftest import git, gitevolve
+
+from test_run import notes, pins
+
+
+def start(repo, *args):
+    return subprocess.Popen(
+        [sys.executable, "-m", "gitevolve", "run", *args], cwd=repo, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True, env={**os.environ, "TOY_SLEEP": "0.2"},
+    )
+
+
+def user_view(repo):
+    return [git(repo, *a) for a in (["status", "--porcelain"], ["rev-parse", "HEAD"], ["symbolic-ref", "HEAD"])]
+
+
+def every_note_names_an_existing_commit(repo):
+    for sha in notes(repo):
+        assert git(repo, "cat-file", "-t", sha).strip() == "commit"
+
+
+def test_sigkill_at_random_moments_loses_nothing(repo):
+    rng = random.Random(2024)
+    (repo / "untracked.txt").write_text("mine\n")
+    before = user_view(repo)
+    unscored_after_kill = 0
+    for _ in range(5):
+        proc = start(repo, "--iterations", "40")
+        time.sleep(rng.uniform(0.4, 2.5))
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        every_note_names_an_existing_commit(repo)
+        assert user_view(repo) == before
+        unscored_after_kill += len(set(pins(repo)) - set(notes(repo)))
+    assert unscored_after_kill > 0, "the kills should land between a commit and its note"
+    done = gitevolve(repo, "run", "--iterations", "2", env={"TOY_SLEEP": "0"})
+    assert done.returncode == 0, done.stderr
+    scored = notes(repo)
+    assert set(pins(repo)) <= set(scored), "every pinned candidate ends with a note"
+    iterations = [n["iteration"] for n in scored.values() if n["iteration"] is not None]
+    assert len(iterations) == len(set(iterations)), "no iteration recorded twice"
+    assert all(n["status"] in ("ok", "failed") for n in scored.values())
+    assert user_view(repo) == before
+    git(repo, "fsck", "--strict")
+
+
+def test_ctrl_c_stops_cleanly_and_says_what_it_kept(repo):
+    proc = start(repo, "--iterations", "40")
+    time.sleep(2.0)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 130, out + err
+    assert "Interrupted." in out and "`gitevolve run` evaluates them first" in out
+    assert "Traceback" not in err
+    done = gitevolve(repo, "run", "--iterations", "1")
+    assert done.returncode == 0 and set(pins(repo)) <= set(notes(repo))
+
+
+def test_one_run_at_a_time_per_repository(repo):
+    proc = start(repo, "--iterations", "40")
+    try:
+        time.sleep(1.0)
+        second = gitevolve(repo, "run")
+        assert second.returncode == 1 and "another `gitevolve run` is working on run 'default'" in second.stderr
+        other = gitevolve(repo, "status")
+        assert other.returncode == 0, "reading is never locked out"
+    finally:
+        proc.kill()
+        proc.wait()
+    json.loads(gitevolve(repo, "status", "--json").stdout)
