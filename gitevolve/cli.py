@@ -72,6 +72,7 @@ def run(
         stats = loop.run(store, config, operator, progress, islands=config.islands, iterations=config.iterations, from_rev=from_rev)
     except KeyboardInterrupt:
         raise typer.Exit(130) from None
+    store.tidy()
     board = report.leaderboard(store, report.population_of(store))
     best = max((r for r in board["islands"] if r["score"] is not None), key=lambda r: r["score"], default=None)
     skipped = ", ".join(f"{n} {kind}" for kind, n in sorted(stats.rejected.items()))

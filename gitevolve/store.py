@@ -187,6 +187,14 @@ class Store:
                 seeds[int(m.group(1))] = sha
         return RefState(base, seeds, islands, pins, notes)
 
+    def tidy(self) -> None:
+        """Let git pack what a run wrote: objects are written loose and pins are loose refs.
+
+        `git gc --auto` does nothing until there are thousands of loose objects; run in the
+        foreground so that a command that returned has left nothing writing to the repository.
+        """
+        self.git("-c", "gc.autoDetach=false", "gc", "--auto", "--quiet", check=False)
+
     def update_refs(self, updates: list[tuple[str, str, str | None]], reason: str) -> None:
         """Apply (ref, new, old) updates as one transaction. old=None means 'must not exist yet'."""
         lines = "".join(f"update {ref} {new} {old or ZERO}\n" for ref, new, old in updates)
