@@ -1,0 +1,358 @@
+"""The gqa-mlx example and the GQA harness: the initial program passes, every tunable setting is
+correct, and the ways a kernel can be wrong or cheat are caught, through the real hook too."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+mx = pytest.importorskip("mlx.core")
+
+from evaluators.gqa import correctness, guards, timing  # noqa: E402
+from evaluators.gqa.evaluate import Setup, evaluate  # noqa: E402
+from evaluators.gqa.shapes import CPU, GPU, Scenario, select  # noqa: E402
+from gitevolve.mutate.tunables import parse  # noqa: E402
+
+from conftest import ROOT, git  # noqa: E402
+
+EXAMPLE = ROOT / "examples" / "gqa-mlx"
+PROGRAM = (EXAMPLE / "attention.py").read_text()
+HOOK = ROOT / "hooks" / "gqa_mlx.py"
+CHECK_ONLY = Setup(stage="correctness")
+
+# Small heads, so that all 640 settings run in seconds; lengths that split into uneven chunks.
+TINY = (
+    Scenario("tiny-prefill-29-after-121", "prefill", 1, 29, 150, "float32", "tiny"),
+    Scenario("tiny-prefill-37", "prefill", 2, 37, 37, "float16", "tiny"),
+    Scenario("tiny-decode-300", "decode", 1, 1, 300, "bfloat16", "tiny"),
+    Scenario("tiny-decode-130-b2", "decode", 2, 1, 130, "float32", "tiny"),
+)
+
+
+def variant(tmp_path: Path, *edits: tuple[str, str], name: str = "attention.py") -> Path:
+    """The initial program with each (old, new) replacement made; each old must occur."""
+    text = PROGRAM
+    for old, new in edits:
+        assert old in text, f"the example no longer contains {old!r}"
+        text = text.replace(old, new)
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+def run_hook(cwd: Path, *args: str, env: dict | None = None) -> tuple[dict, subprocess.CompletedProcess]:
+    environ = {k: v for k, v in os.environ.items() if not k.startswith(("GIT_", "GITEVOLVE_"))}
+    done = subprocess.run([sys.executable, str(HOOK), *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=120, env={**environ, **(env or {})})
+    assert done.returncode == 0, done.stderr
+    last = [line for line in done.stdout.splitlines() if line.strip()][-1]
+    return json.loads(last), done
+
+
+def failed(result: dict, *words: str) -> str:
+    assert result["status"] == "failed", result
+    reason = result["reason"]
+    assert result["artifacts"]["reason"] == reason
+    for word in words:
+        assert word in reason, reason
+    return reason
+
+
+# --- the example as shipped ------------------------------------------------------------------
+
+
+def test_initial_program_passes_through_the_hook(tmp_path):
+    path = variant(tmp_path)
+    result, _ = run_hook(tmp_path, "--file", "attention.py", "--seconds", "0.15")
+    assert result["status"] == "ok", result
+    m = result["metrics"]
+    assert result["score"] == pytest.approx(m["geomean_speedup"], rel=1e-3) and result["score"] > 0
+    assert m["frame_check"] == "skipped"
+    for s in CPU:
+        assert m[f"speedup.{s.name}"] > 0 and m[f"candidate_us.{s.name}"] > 0 and m[f"baseline_us.{s.name}"] > 0
+    assert {"decode_speedup", "prefill_speedup", "max_abs_error"} <= set(m)
+    assert "decode-1000" in result["artifacts"]["timings"]
+    assert path.read_text() == PROGRAM
+
+
+def test_tunables_are_declared_for_the_builtin_operator():
+    tunables = {t.name: t for t in parse("attention.py", PROGRAM)}
+    assert set(tunables) == {"COMPUTE_DTYPE", "GROUPING", "KV_CHUNK", "MASK", "SKIP_FULL_MASK",
+                             "PRESCALE_QUERIES", "SOFTMAX"}
+    # The plain choices first: evolution has something to find.
+    assert tunables["GROUPING"].value == "repeat" and tunables["KV_CHUNK"].value == 0
+    assert tunables["COMPUTE_DTYPE"].value == "float32" and tunables["SOFTMAX"].value == "manual"
+    # A blank line between tunables keeps a cherry-picked change to one from conflicting with another.
+    lines = PROGRAM.splitlines()
+    for a, b in itertools.pairwise(sorted(t.line for t in tunables.values())):
+        assert "" in [line.strip() for line in lines[a + 1 : b]], (lines[a], lines[b])
+
+
+def test_every_tunable_combination_is_correct():
+    module = guards.load_candidate(EXAMPLE / "attention.py")
+    tunables = parse("attention.py", PROGRAM)
+    combinations = list(itertools.product(*(t.choices for t in tunables)))
+    assert len(combinations) == 640
+    for values in combinations:
+        for t, v in zip(tunables, values):
+            setattr(module, t.name, v)
+        for s in TINY:
+            verdict = correctness.check(s, module.gqa_attention, calls=1)
+            assert verdict.ok, (dict(zip((t.name for t in tunables), values)), verdict.report)
+
+
+def test_a_faster_setting_is_correct_on_the_cpu_scenarios(tmp_path):
+    path = variant(tmp_path, ('GROUPING = "repeat"', 'GROUPING = "fold"'), ("KV_CHUNK = 0", "KV_CHUNK = 256"),
+                   ('COMPUTE_DTYPE = "float32"', 'COMPUTE_DTYPE = "input"'), ('SOFTMAX = "manual"', 'SOFTMAX = "fused"'))
+    result = evaluate(path, CPU, CHECK_ONLY)
+    assert result["status"] == "ok", result
+    assert result["score"] == 1.0 and result["metrics"]["stage"] == "correctness"
+
+
+# --- wrong kernels ---------------------------------------------------------------------------
+
+# query head h must read KV head h // G; tiling K/V instead gives h % Hkv.
+WRONG_HEADS = (("mx.repeat(k, group, axis=1), mx.repeat(v, group, axis=1)",
+                "mx.tile(k, (1, group, 1, 1)), mx.tile(v, (1, group, 1, 1))"),)
+NO_MASK = (("        if causal:\n", "        if False:\n"),)
+# The mask's offset taken as 0: the query length used where the key length belongs.
+NO_OFFSET = (("position[:, None] + (key_len - query_len)", "position[:, None]"),)
+
+
+def test_wrong_head_mapping_is_caught(tmp_path):
+    reason = failed(evaluate(variant(tmp_path, *WRONG_HEADS), CPU, CHECK_ONLY), "wrong output", "out of tolerance")
+    assert "expected" in reason and ("e-0" in reason or "e+0" in reason)  # values in scientific notation
+
+
+def test_missing_causal_mask_is_caught_by_prefill(tmp_path):
+    path = variant(tmp_path, *NO_MASK)
+    failed(evaluate(path, select("prefill-37"), CHECK_ONLY), "prefill-37", "wrong output")
+    failed(evaluate(path, CPU, CHECK_ONLY), "wrong output")
+
+
+@pytest.mark.parametrize("scenario", ["decode-256-b2", "decode-1000", "prefill-29-after-71"])
+def test_query_length_used_as_key_length_is_caught(tmp_path, scenario):
+    # Decode (Lq = 1) would see key 0 only; a prompt after a cache would miss the cache.
+    failed(evaluate(variant(tmp_path, *NO_OFFSET), select(scenario), CHECK_ONLY), scenario, "wrong output")
+
+
+def test_part_of_the_output_left_zero_is_caught(tmp_path):
+    path = variant(tmp_path, ("    return out.reshape(batch, query_heads, query_len, dim)",
+                              "    out = out.reshape(batch, query_heads, query_len, dim)\n"
+                              "    out = out * (mx.arange(query_heads) < query_heads - 1)[None, :, None, None]\n"
+                              "    return out"))
+    failed(evaluate(path, CPU, CHECK_ONLY), "wrong output", "h, i, d) = (0, 15,")
+
+
+def test_wrong_dtype_and_shape_are_caught(tmp_path):
+    path = variant(tmp_path, (".astype(queries.dtype)\n# EVOLVE-BLOCK-END", "\n# EVOLVE-BLOCK-END"))
+    failed(evaluate(path, select("decode-1000"), CHECK_ONLY), "output dtype mlx.core.float32, expected mlx.core.float16")
+    path = variant(tmp_path, ("    return out.reshape(batch, query_heads, query_len, dim)",
+                              "    return out.reshape(batch, query_heads, query_len, dim)[:, :, :, :-1]"))
+    failed(evaluate(path, CPU, CHECK_ONLY), "output shape")
+
+
+def test_nan_output_is_caught(tmp_path):
+    path = variant(tmp_path, ("    return out.reshape(batch, query_heads, query_len, dim)",
+                              "    return 0.0 * mx.inf + out.reshape(batch, query_heads, query_len, dim)"))
+    failed(evaluate(path, CPU, CHECK_ONLY), "non-finite outputs")
+
+
+# --- cheats ----------------------------------------------------------------------------------
+
+MEMO_BY_SHAPE = ("def gqa_attention(queries, keys, values, scale, causal):\n",
+                 "_SEEN = {}\n\n\ndef gqa_attention(queries, keys, values, scale, causal):\n"
+                 "    if queries.shape in _SEEN:\n        return _SEEN[queries.shape]\n"
+                 "    _SEEN[queries.shape] = _real(queries, keys, values, scale, causal)\n"
+                 "    return _SEEN[queries.shape]\n\n\ndef _real(queries, keys, values, scale, causal):\n")
+
+
+def test_overwriting_the_inputs_is_caught(tmp_path):
+    # Judged on doctored inputs, zeroed queries would match: uniform attention over the values.
+    path = variant(tmp_path, ("    group = query_heads // kv_heads\n",
+                              "    group = query_heads // kv_heads\n    queries[:] = 0\n"))
+    failed(evaluate(path, CPU, CHECK_ONLY), "overwrote its input queries in place")
+
+
+def test_cached_output_from_a_previous_call_is_caught(tmp_path):
+    failed(evaluate(variant(tmp_path, MEMO_BY_SHAPE), CPU, CHECK_ONLY), "call 2 of 2", "cached or stale")
+
+
+def test_memo_that_only_hits_while_timed_is_caught(tmp_path):
+    # Keyed on the keys array: correctness draws new keys every call, so only timing would hit,
+    # where keys are shared between rounds with fresh queries. The last timed output gives it away.
+    memo = ("def gqa_attention(queries, keys, values, scale, causal):\n",
+            "_SEEN = {}\n\n\ndef gqa_attention(queries, keys, values, scale, causal):\n"
+            "    if id(keys) not in _SEEN:\n"
+            "        _SEEN[id(keys)] = (keys, _real(queries, keys, values, scale, causal))\n"
+            "    return _SEEN[id(keys)][1]\n\n\ndef _real(queries, keys, values, scale, causal):\n")
+    budget = timing.Budget(warmup=1, min_rounds=3, max_rounds=5, seconds=0.01)
+    failed(evaluate(variant(tmp_path, memo), select("decode-256-b2"), Setup(budget=budget)),
+           "wrong output while timed", "last timed call")
+
+
+@pytest.mark.parametrize("how", ["direct", "caught", "saved at import"])
+def test_calling_the_baseline_is_caught(tmp_path, how):
+    fast = "mx.fast.scaled_dot_product_attention(queries, keys, values, scale=scale, mask='causal' if causal else None)"
+    body = {
+        "direct": f"    return {fast}\n",
+        "caught": f"    try:\n        return {fast}\n    except Exception:\n        return _real(queries, keys, values, scale, causal)\n",
+        "saved at import": "    return _FAST(queries, keys, values, scale=scale, mask='causal' if causal else None)\n",
+    }[how]
+    path = variant(tmp_path, ("def gqa_attention(queries, keys, values, scale, causal):\n",
+                              "_FAST = mx.fast.scaled_dot_product_attention\n\n\n"
+                              f"def gqa_attention(queries, keys, values, scale, causal):\n{body}\n\n"
+                              "def _real(queries, keys, values, scale, causal):\n"))
+    failed(evaluate(path, CPU, CHECK_ONLY), "called mx.fast.scaled_dot_product_attention")
+    assert mx.fast.scaled_dot_product_attention is guards.REAL_BASELINE  # restored afterwards
+
+
+def test_calling_the_baseline_while_imported_is_caught(tmp_path):
+    path = variant(tmp_path, ("import mlx.core as mx\n",
+                              "import mlx.core as mx\n\n_PROBE = mx.fast.scaled_dot_product_attention(\n"
+                              "    mx.zeros((1, 1, 1, 8)), mx.zeros((1, 1, 1, 8)), mx.zeros((1, 1, 1, 8)), scale=1.0)\n"))
+    failed(evaluate(path, CPU, CHECK_ONLY), "importing attention.py", "called mx.fast.scaled_dot_product_attention")
+    assert mx.fast.scaled_dot_product_attention is guards.REAL_BASELINE
+
+
+def test_a_candidate_that_raises_fails_with_its_traceback(tmp_path):
+    path = variant(tmp_path, ("    group = query_heads // kv_heads\n",
+                              "    group = query_heads // kv_heads\n    raise ValueError('boom in the kernel')\n"))
+    result = evaluate(path, CPU, CHECK_ONLY)
+    failed(result, "prefill-37", "raised ValueError: boom in the kernel")
+    assert "boom in the kernel" in result["artifacts"]["traceback"] and "attention.py" in result["artifacts"]["traceback"]
+
+
+def test_a_candidate_that_does_not_import_fails(tmp_path):
+    failed(evaluate(variant(tmp_path, ("import mlx.core as mx\n", "import mlx.core as mx\ndef (:\n")),
+                    CPU, CHECK_ONLY), "importing attention.py raised SyntaxError")
+    failed(evaluate(variant(tmp_path, ("def gqa_attention(", "def attention(")), CPU, CHECK_ONLY),
+           "defines no function gqa_attention")
+
+
+def test_the_candidate_is_loaded_fresh_from_its_file(tmp_path):
+    first = guards.load_candidate(variant(tmp_path, ('SOFTMAX = "manual"', 'SOFTMAX = "fused"')))
+    second = guards.load_candidate(variant(tmp_path))
+    assert first is not second and first.__name__ != second.__name__
+    assert (first.SOFTMAX, second.SOFTMAX) == ("fused", "manual")
+
+
+# --- the EVOLVE-BLOCK frame, with a real repository ------------------------------------------
+
+
+def frame_repo(tmp_path: Path, outside_edit: bool) -> tuple[Path, dict]:
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    git(repo, "init", "--quiet", "--initial-branch=main")
+    (repo / "attention.py").write_text(PROGRAM)
+    git(repo, "add", "-A")
+    git(repo, "commit", "--quiet", "-m", "base")
+    base = git(repo, "rev-parse", "HEAD").strip()
+    text = PROGRAM.replace('SOFTMAX = "manual"', 'SOFTMAX = "fused"')
+    if outside_edit:
+        text = text.replace("import mlx.core as mx\n", "import mlx.core as mx\nFAST_PATH = True\n")
+    (repo / "attention.py").write_text(text)
+    git(repo, "commit", "--quiet", "-am", "candidate")
+    return repo, {"GITEVOLVE_BASE": base, "GITEVOLVE_FILES": "attention.py", "GITEVOLVE_STAGE": "correctness"}
+
+
+def test_an_edit_outside_the_evolve_block_is_caught_by_the_hook(tmp_path):
+    repo, env = frame_repo(tmp_path, outside_edit=True)
+    result, _ = run_hook(repo, env=env)
+    failed(result, "edited outside the EVOLVE-BLOCK", "before the first block")
+    assert "+FAST_PATH = True" in result["artifacts"]["frame"]
+    assert result["metrics"]["frame_check"] == "changed"
+
+
+def test_an_edit_inside_the_evolve_block_passes_the_frame_check(tmp_path):
+    repo, env = frame_repo(tmp_path, outside_edit=False)
+    result, _ = run_hook(repo, env=env)  # GITEVOLVE_STAGE=correctness: no timing
+    assert result["status"] == "ok", result
+    assert result["metrics"]["frame_check"] == "unchanged" and result["metrics"]["stage"] == "correctness"
+
+
+# --- the hook's output, whatever the candidate does ------------------------------------------
+
+
+@pytest.mark.parametrize("edits, words", [
+    (WRONG_HEADS, "wrong output"),
+    (NO_OFFSET, "wrong output"),
+    ((MEMO_BY_SHAPE,), "cached or stale"),
+    ((("    group = query_heads // kv_heads\n", "    group = query_heads // kv_heads\n    raise KeyError(7)\n"),),
+     "raised KeyError"),
+    ((("def gqa_attention(queries, keys, values, scale, causal):\n",
+       "def gqa_attention(queries, keys, values, scale, causal):\n"
+       "    return mx.fast.scaled_dot_product_attention(queries, keys, values, scale=scale)\n"),),
+     "called mx.fast.scaled_dot_product_attention"),
+    # Noise on stdout, an unterminated line and a fake result printed at exit: the last line is still ours.
+    ((("import mlx.core as mx\n",
+       "import atexit, os, sys\nimport mlx.core as mx\nprint('hello')\nos.write(1, b'no newline')\n"
+       "atexit.register(lambda: print('{\"status\": \"ok\", \"score\": 99}'))\n"),
+      ("        if causal:\n", "        if False:\n")), "wrong output"),
+])
+def test_the_hook_prints_one_json_result_last(tmp_path, edits, words):
+    variant(tmp_path, *edits)
+    result, done = run_hook(tmp_path, "--stage", "correctness")
+    failed(result, words)
+    assert json.loads(done.stdout.strip().splitlines()[-1]) == result
+
+
+def test_the_hook_reports_its_own_errors_as_json(tmp_path):
+    result, _ = run_hook(tmp_path, "--file", "missing.py", "--stage", "correctness")
+    failed(result, "importing missing.py raised")
+    result, _ = run_hook(tmp_path, "--scenarios", "no-such-set")
+    failed(result, "the evaluator raised ValueError", "no-such-set")
+    assert "Traceback" in result["artifacts"]["traceback"]
+
+
+# --- the harness's parts ---------------------------------------------------------------------
+
+
+def test_timing_interleaves_and_uses_distinct_inputs():
+    order, seen = [], []
+
+    def side(name):
+        def fn(q, k, v, scale, causal):
+            order.append(name)
+            seen.append(q)
+            return q
+        return fn
+
+    rounds = correctness.fresh_rounds(TINY[3])
+    result = timing.race(side("A"), side("B"), rounds, timing.Budget(warmup=1, min_rounds=6, max_rounds=6, seconds=0))
+    assert order == list("AB" + "ABBAABBAABBA")  # a warm-up round, then the timed ones
+    assert len({id(q) for q in seen[::2]}) == 7  # new queries every round, warm-up included
+    assert seen[0] is seen[1] and seen[2] is seen[3]  # both sides get the same inputs in a round
+    assert len(result.candidate.seconds) == len(result.baseline.seconds) == 6
+    assert result.speedup == pytest.approx(result.baseline.median_us / result.candidate.median_us)
+
+
+def test_the_baseline_is_restored_even_when_the_candidate_raises():
+    with pytest.raises(guards.BaselineCalled):
+        with guards.baseline_hidden() as wire:
+            mx.fast.scaled_dot_product_attention(None, None, None, scale=1.0)
+    assert wire.calls == 1 and mx.fast.scaled_dot_product_attention is guards.REAL_BASELINE
+
+
+def test_reference_agrees_with_mlx_attention():
+    for s in TINY:
+        x = correctness.make_inputs(s)
+        got = timing.baseline(*x.args())
+        assert correctness.compare(s, x, got, correctness.gqa_reference(*x.args())).ok
+
+
+def test_scenario_sets():
+    assert len(GPU) >= 18 and {s.dtype for s in GPU} == {"float16", "bfloat16", "float32"}
+    assert max(s.key_len for s in GPU if s.kind == "decode") >= 32000
+    assert any(s.query_len < s.key_len and s.kind == "prefill" for s in CPU)
+    assert any(s.batch > 1 for s in CPU) and any(s.shape.group == 5 for s in CPU)
+    assert any(s.key_len % 64 for s in CPU if s.kind == "decode")
+    assert select("decode-1000,prefill-37")[1].name == "prefill-37"
+    with pytest.raises(ValueError, match="unknown"):
+        select("nope")
