@@ -56,7 +56,9 @@ def plan(store: Store, population: Population, config: Config, rng: random.Rando
         return []
     found = []
     for k in islands:
-        pool = [c for c in island_population(population, k, config.features, config.population_size) if c.parent]
+        # Only the island's own mutations migrate: its seed is no mutation (its git parent, if the
+        # base has one, is some commit of the user's history, likely without the evolvable files).
+        pool = [c for c in island_population(population, k, config.features, config.population_size) if c.island == k and c.parent]
         count = max(1, math.ceil(config.migration.rate * len(pool))) if pool else 0
         for migrant in pool[:count]:
             target = islands[(islands.index(k) + 1) % len(islands)]

@@ -149,3 +149,15 @@ def test_migration_cherry_picks_between_islands(repo):
         assert message.startswith("Migrate from island ") and "Gitevolve-Migrated-From: " in message
         source = message.split("Gitevolve-Migrated-From: ")[1].split()[0]
         assert notes(repo)[source]["island"] != note["island"]
+
+
+def test_migration_when_the_base_has_history_without_the_program(tmp_path):
+    # `make demo` and `gitevolve init --example` start from a repository that already has commits
+    # without the evolvable file: the seed's git parent must never be taken for a mutation.
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    git(repo, "init", "--quiet", "--initial-branch=main")
+    git(repo, "commit", "--quiet", "--allow-empty", "-m", "Empty start")
+    make_repo(repo)
+    ok(gitevolve(repo, "run", "--iterations", "12"))
+    assert any(n["operator"].startswith("migration") for n in notes(repo).values())
