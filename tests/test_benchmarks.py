@@ -1,5 +1,6 @@
 """The benchmarks run (their figures are read by people, not asserted: timing is no unit test)."""
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -19,3 +20,29 @@ def test_store_scale_builds_and_rebuilds_the_population(tmp_path):
     pins = subprocess.run(["git", "for-each-ref", "refs/gitevolve/default/candidates/"], cwd=tmp_path / "repo",
                           capture_output=True, text=True, check=True).stdout.splitlines()
     assert len(pins) == 40
+
+
+def decode(tmp_path, candidate: str):
+    path = tmp_path / "attention.py"
+    path.write_text(candidate)
+    return subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "qwen3_decode.py"), "--kernel", str(path), "--model", "tiny",
+         "--dtype", "float32", "--prompt-tokens", "40", "--new-tokens", "6", "--repeats", "2", "--json", str(tmp_path / "r.json")],
+        capture_output=True, text=True, timeout=120,
+    )
+
+
+def test_qwen3_decode_runs_the_candidate_in_every_attention_call(tmp_path):
+    done = decode(tmp_path, (ROOT / "examples" / "gqa-mlx" / "attention.py").read_text())
+    assert done.returncode == 0, done.stderr
+    result = json.loads((tmp_path / "r.json").read_text())
+    assert result["candidate_attention_calls_per_generation"] == 2 * 6  # 2 layers x (prefill + 5 decode steps)
+    assert result["identical_tokens"] == 6 and result["prefill_logits_max_abs_error"] < 1e-4
+    assert "candidate ran in all 12 attention calls" in done.stdout
+
+
+def test_qwen3_decode_refuses_a_candidate_that_calls_the_baseline(tmp_path):
+    done = decode(tmp_path, "import mlx.core as mx\n\ndef gqa_attention(q, k, v, scale, causal):\n"
+                            "    return mx.fast.scaled_dot_product_attention(q, k, v, scale=scale, mask='causal' if causal else None)\n")
+    assert done.returncode != 0
+    assert "the candidate called mx.fast.scaled_dot_product_attention" in done.stderr
