@@ -17,7 +17,8 @@ from gitevolve import loop, report
 from gitevolve.commands import init as init_command
 from gitevolve.config import load_config
 from gitevolve.errors import GitevolveError
-from gitevolve.mutate.tunables import TunablesOperator
+from gitevolve.llm import operator as llm_operator
+from gitevolve.llm import preview
 from gitevolve.progress import for_console
 from gitevolve.store import Store
 
@@ -66,8 +67,8 @@ def run(
                                  if v is not None}
     config = load_config(store.root, overrides)
     progress = for_console(console)
-    operator = TunablesOperator(config.mutation.max_changes, config.mutation.crossover)
-    progress.say("No language model is configured: mutating with the built-in tunables operator.")
+    operator = llm_operator.operator_for(store, config)
+    progress.say(llm_operator.describe(operator, config))
     try:
         stats = loop.run(store, config, operator, progress, islands=config.islands, iterations=config.iterations, from_rev=from_rev)
     except KeyboardInterrupt:
@@ -105,6 +106,18 @@ def show(
     store = Store(Path.cwd(), run_name)
     note, patch = report.show(store, rev)
     typer.echo(report.as_json(note) if json_output else report.render_show(note, patch, run_name))
+
+
+@app.command()
+def prompt(
+    rev: str = typer.Argument(..., help="The parent: a commit, a branch such as gitevolve/island-2, HEAD~2 ..."),
+    json_output: bool = typer.Option(False, "--json", help="Print the messages as the JSON list sent to the endpoint."),
+    run_name: str = RunOption,
+) -> None:
+    """The exact prompt a run would send to the model for this parent (nothing is sent)."""
+    store = Store(Path.cwd(), run_name)
+    messages = preview.messages(store, load_config(store.root), rev)
+    typer.echo(report.as_json(messages) if json_output else preview.render(messages))
 
 
 def main() -> None:

@@ -9,6 +9,7 @@ they are checked by the same rules.
 from __future__ import annotations
 
 import math
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -85,9 +86,70 @@ class FeatureConfig(_Section):
 
 
 class MutationConfig(_Section):
-    operator: Literal["auto", "tunables"] = "auto"
+    operator: Literal["auto", "tunables", "llm"] = "auto"
     max_changes: int = Field(default=2, ge=1, le=10)
     crossover: float = Field(default=0.3, ge=0, le=1)
+    builtin_share: float = Field(default=0.0, ge=0, le=1)  # with a model: share of mutations left to tunables
+
+
+ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+LITERAL_KEY = ("a key written into .gitevolve.yml would land in a commit: put it in an environment variable "
+               "and name the variable in llm.api_key_env")
+
+
+def _refuse_literal_keys(raw: object) -> object:
+    for name in ("api_key", "key", "token"):
+        if isinstance(raw, dict) and name in raw:
+            raise ValueError(f"{name}: {LITERAL_KEY}")
+    return raw
+
+
+class ModelConfig(_Section):
+    name: str = Field(min_length=1)
+    weight: float = Field(default=1.0, gt=0)
+    temperature: float | None = Field(default=0.7, ge=0, le=2)  # null: not sent (models that fix it)
+    max_tokens: int = Field(default=8192, ge=1)
+    timeout: float = Field(default=300.0, gt=0)  # seconds per call
+
+    _no_literal_key = model_validator(mode="before")(_refuse_literal_keys)
+
+
+class PromptConfig(_Section):
+    system_message: str = ""
+    templates: str | None = Field(default=None, min_length=1)  # a directory whose *.txt override the defaults
+    lineage: int = Field(default=8, ge=0, le=100)  # ancestors listed with their score changes
+    attempts: int = Field(default=6, ge=0, le=50)  # earlier children of the parent listed
+    other_islands: int = Field(default=1, ge=0, le=64)  # other islands' champions shown (0: islands stay isolated)
+    artifact_chars: int = Field(default=3000, ge=0)  # per artifact, head and tail kept
+    diff_lines: int = Field(default=80, ge=1)  # per inspiration
+
+
+class LLMConfig(_Section):
+    api_base: str = "https://api.openai.com/v1"
+    api_key_env: str | None = "OPENAI_API_KEY"  # null: a local server that needs no key
+    models: list[ModelConfig] = Field(min_length=1)
+    edit_format: Literal["diff", "rewrite"] = "diff"
+    concurrency: int = Field(default=4, ge=1, le=64)
+    retries: int = Field(default=4, ge=0, le=20)
+    backoff: float = Field(default=2.0, gt=0)  # seconds before the first retry, doubled for each next one
+    max_backoff: float = Field(default=60.0, gt=0)  # the longest wait, Retry-After included
+    stop_after_failures: int = Field(default=8, ge=1)  # failed calls in a row that stop the run
+    prompt: PromptConfig = PromptConfig()
+
+    _no_literal_key = model_validator(mode="before")(_refuse_literal_keys)
+
+    @model_validator(mode="after")
+    def _endpoint_and_variable(self) -> LLMConfig:
+        if not re.match(r"^https?://[^\s]+$", self.api_base):
+            raise ValueError(f"api_base must be an http(s) URL such as https://api.openai.com/v1, got {self.api_base!r}")
+        if re.search(r"[?&](key|api_key|token)=", self.api_base):
+            raise ValueError(f"api_base carries a key: {LITERAL_KEY}")
+        if self.api_key_env is not None and not ENV_NAME.match(self.api_key_env):
+            raise ValueError("api_key_env names the environment variable that holds the key (such as OPENAI_API_KEY), "
+                             f"not the key itself: {LITERAL_KEY}")
+        if len({m.name for m in self.models}) != len(self.models):
+            raise ValueError("models: each model name once (give it a weight instead of listing it twice)")
+        return self
 
 
 class Config(_Section):
@@ -102,6 +164,13 @@ class Config(_Section):
     migration: MigrationConfig = MigrationConfig()
     features: list[FeatureConfig] = []
     mutation: MutationConfig = MutationConfig()
+    llm: LLMConfig | None = None
+
+    @model_validator(mode="after")
+    def _model_for_llm_operator(self) -> Config:
+        if self.mutation.operator == "llm" and self.llm is None:
+            raise ValueError("mutation.operator is 'llm' but no model is configured: add an llm section (docs/models.md)")
+        return self
 
 
 def load_config(root: Path, overrides: dict[str, Any] | None = None, name: str = CONFIG_NAME) -> Config:

@@ -2,8 +2,9 @@
 
     start      the base commit and one branch per island (or the ones a previous run left)
     pending    candidates committed but never scored (a crash, a kill) are evaluated first
-    each batch migrations when a migration generation begins, then one mutation per worker:
-               choose a parent on the island -> the operator proposes -> EVOLVE-BLOCK check ->
+    each batch one mutation per worker: choose a parent on the island -> the operator proposes
+               (the whole batch at once for an operator that allows it, as model calls are slow)
+               -> EVOLVE-BLOCK check; then migrations when a migration generation begins ->
                commit + pin -> evaluate in parallel worktrees -> note + champion branch
 
 Every candidate is committed and pinned before it is evaluated, and scored by one atomic ref
@@ -20,6 +21,7 @@ import hashlib
 import json
 import os
 import random
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from contextlib import contextmanager
@@ -31,7 +33,7 @@ from gitevolve import __version__, migrate, selection, worktrees
 from gitevolve.config import Config
 from gitevolve.errors import GitevolveError
 from gitevolve.evaluate import Evaluation, evaluate, hook_environment, terminate_all
-from gitevolve.mutate import MutationRejected, Operator, Program
+from gitevolve.mutate import MutationRejected, Operator, Program, Proposal
 from gitevolve.mutate.blocks import check as check_blocks
 from gitevolve.population import Candidate, Population, load, rank
 from gitevolve.progress import Progress
@@ -83,9 +85,12 @@ def run(store: Store, config: Config, operator: Operator, progress: Progress, *,
             iteration, done = population.next_iteration(), 0
             while done < iterations:
                 batch = list(range(iteration, iteration + min(config.workers, iterations - done)))
+                plans = [p for p in (plan(store, config, population, i, stats) for i in batch) if p is not None]
+                # Asked before anything is committed: a model error that stops the run leaves no half-made batch.
+                proposals = propose_all(operator, plans)
                 jobs = migrations(store, config, population, batch, stats)
-                for i in batch:
-                    job = mutation(store, config, population, operator, i, stats)
+                for p, first in zip(plans, proposals):
+                    job = mutation(store, population, operator, p, first, stats)
                     if job is not None:
                         jobs.append(job)
                 evaluator.run_batch(jobs, population, stats, progress)
@@ -152,8 +157,21 @@ def migrations(store: Store, config: Config, population: Population, batch: list
     return []
 
 
-def mutation(store: Store, config: Config, population: Population, operator: Operator, iteration: int, stats: Stats) -> Job | None:
-    """One mutation on the island whose turn it is: a committed candidate, or None (counted) if none could be made."""
+@dataclass(frozen=True)
+class Plan:
+    """One mutation decided before the operator is asked: the island, the parent, the random stream."""
+
+    iteration: int
+    island: int
+    generation: int
+    how: str
+    parent: Program
+    inspirations: list[Program]
+    rng: random.Random
+
+
+def plan(store: Store, config: Config, population: Population, iteration: int, stats: Stats) -> Plan | None:
+    """The island whose turn it is and its parent, or None (counted) while the island has none."""
     island = population.islands[(iteration - 1) % len(population.islands)]
     generation = (iteration - 1) // len(population.islands)
     rng = _rng(config, store, str(iteration))
@@ -161,21 +179,64 @@ def mutation(store: Store, config: Config, population: Population, operator: Ope
     if choice is None:
         stats.reject("no parent")
         return None
-    parent = program(store, config, choice.parent)
-    inspirations = [program(store, config, c) for c in choice.inspirations]
-    for _ in range(DUPLICATE_TRIES):
+    return Plan(iteration, island, generation, choice.how, program(store, config, choice.parent),
+                [program(store, config, c) for c in choice.inspirations], rng)
+
+
+def propose(operator: Operator, p: Plan) -> Proposal | MutationRejected:
+    """The operator's proposal, checked against the EVOLVE-BLOCK markers; a refusal is returned, not raised."""
+    try:
+        proposal = operator.propose(p.parent, p.inspirations, p.rng)
+        for path, text in proposal.files.items():
+            if path not in p.parent.files:
+                raise MutationRejected(f"{path} is not an evolvable file")
+            check_blocks(path, p.parent.files[path], text)
+        return proposal
+    except MutationRejected as e:
+        return e
+
+
+def propose_all(operator: Operator, plans: list[Plan]) -> list[Proposal | MutationRejected]:
+    """One proposal per plan: together when the operator allows it (model calls are slow), else in turn.
+
+    Each plan has its own random stream, so the order in which proposals are made does not
+    change them. Daemon threads, so that Ctrl-C is not kept waiting for calls in flight.
+    """
+    if getattr(operator, "concurrency", 1) <= 1 or len(plans) <= 1:
+        return [propose(operator, p) for p in plans]
+    results: list = [None] * len(plans)
+
+    def work(i: int) -> None:
         try:
-            proposal = operator.propose(parent, inspirations, rng)
-            for path, text in proposal.files.items():
-                if path not in parent.files:
-                    raise MutationRejected(f"{path} is not an evolvable file")
-                check_blocks(path, parent.files[path], text)
-        except MutationRejected as e:
-            stats.reject(str(e).split(":")[0][:40])
+            results[i] = propose(operator, plans[i])
+        except BaseException as e:  # handed to the main thread, which raises it
+            results[i] = e
+
+    threads = [threading.Thread(target=work, args=(i,), daemon=True) for i in range(len(plans))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for r in results:
+        if isinstance(r, BaseException) and not isinstance(r, MutationRejected):
+            raise r
+    return results
+
+
+def mutation(store: Store, population: Population, operator: Operator, p: Plan, first: Proposal | MutationRejected,
+             stats: Stats) -> Job | None:
+    """The plan's candidate, committed; or None (counted) if none could be made."""
+    outcome = first
+    for attempt in range(DUPLICATE_TRIES):
+        if attempt:
+            outcome = propose(operator, p)  # the island already tried that tree: ask again
+        if isinstance(outcome, MutationRejected):
+            stats.reject(str(outcome).split(":")[0][:40])
             return None
-        trailers = {"Island": island, "Iteration": iteration, "Generation": generation, "Operator": proposal.operator, "Parent-Selection": choice.how}
-        job = commit_job(store, population, parent.candidate.sha, proposal.files, proposal.subject, proposal.body,
-                         trailers, island, iteration, generation, proposal.operator, proposal.meta, parent.files)
+        trailers = {"Island": p.island, "Iteration": p.iteration, "Generation": p.generation, "Operator": outcome.operator,
+                    "Parent-Selection": p.how}
+        job = commit_job(store, population, p.parent.candidate.sha, outcome.files, outcome.subject, outcome.body,
+                         trailers, p.island, p.iteration, p.generation, outcome.operator, outcome.meta, p.parent.files)
         if job is not None:
             return job
     stats.reject("duplicate")
@@ -208,25 +269,30 @@ class Evaluator:
         self.stages = config.evaluator.stage_list()
         self.id = hashlib.sha256(json.dumps(config.evaluator.model_dump(), sort_keys=True).encode()).hexdigest()[:12]
         self.secrets = [k for k in os.environ if k.endswith(("_API_KEY", "_TOKEN", "_SECRET"))]
+        if config.llm is not None and config.llm.api_key_env:  # whatever its name, the model's key stays ours
+            self.secrets.append(config.llm.api_key_env)
 
     def resume_job(self, candidate: Candidate) -> Job:
         texts = [self.store.read_file(candidate.sha, path) for path in self.config.files]
         return Job(candidate, sum(len(t) for t in texts))
 
     def run_batch(self, jobs: list[Job], population: Population, stats: Stats, progress: Progress) -> None:
-        if not jobs:
-            return
-        slots = [worktrees.checkout(self.store, i % self.config.workers, job.candidate.sha) for i, job in enumerate(jobs)]
-        with ThreadPoolExecutor(max_workers=self.config.workers) as pool:
-            futures = {}
-            for slot, job in zip(slots, jobs):
-                futures[pool.submit(self._evaluate, slot, job)] = job
-            for future in as_completed(futures):
-                scored = self.record(futures[future], future.result(), population, stats)
-                progress.update(population, stats, scored)
+        # At most one job per worktree at a time: a batch with migrations holds more jobs than
+        # workers, and checking a later job out into a slot still waiting to be evaluated made
+        # the earlier job score the later one's code.
+        for start in range(0, len(jobs), self.config.workers):
+            chunk = jobs[start : start + self.config.workers]
+            slots = [worktrees.checkout(self.store, i, job.candidate.sha) for i, job in enumerate(chunk)]
+            with ThreadPoolExecutor(max_workers=self.config.workers) as pool:
+                futures = {}
+                for slot, job in zip(slots, chunk):
+                    futures[pool.submit(self.evaluate_at, slot, job.candidate)] = job
+                for future in as_completed(futures):
+                    scored = self.record(futures[future], future.result(), population, stats)
+                    progress.update(population, stats, scored)
 
-    def _evaluate(self, path, job: Job) -> Evaluation:
-        c = job.candidate
+    def evaluate_at(self, path, c: Candidate) -> Evaluation:
+        """Evaluate candidate `c`, checked out at `path` (the loop's workers, and `promote`'s re-measuring)."""
         env = hook_environment(os.environ, {
             "GITEVOLVE_CANDIDATE": c.sha, "GITEVOLVE_PARENT": c.parent or "", "GITEVOLVE_BASE": self.base,
             "GITEVOLVE_FILES": os.pathsep.join(self.config.files), "GITEVOLVE_RUN": self.store.refs.run,

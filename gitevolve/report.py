@@ -7,6 +7,7 @@ import json
 from tabulate import tabulate
 
 from gitevolve.errors import GitevolveError
+from gitevolve.llm import ledger
 from gitevolve.population import Candidate, Population, load
 from gitevolve.store import Store
 
@@ -45,7 +46,25 @@ def leaderboard(store: Store, population: Population, top: int = 0) -> dict:
         "candidates": len(population.candidates),
         "islands": islands,
         "top": [_row(c) for c in alive[:top]],
+        "models": model_usage(store, population),
     }
+
+
+def model_usage(store: Store, population: Population) -> list[dict]:
+    """Per model: calls, tokens and failures from the run's ledger, and how its candidates scored."""
+    rows = []
+    for name, usage in sorted(ledger.read(store)[1]["models"].items()):
+        mine = [c for c in population.candidates.values() if c.operator == f"llm:{name}"]
+        failures = usage.get("failures", {})
+        rows.append({
+            "model": name, "calls": usage.get("calls", 0), "retries": usage.get("retries", 0),
+            "failed": sum(failures.values()), "failures": failures,
+            "prompt_tokens": usage.get("prompt_tokens", 0), "completion_tokens": usage.get("completion_tokens", 0),
+            "seconds_per_reply": round(usage.get("seconds", 0.0) / max(usage.get("replies", 0), 1), 2),
+            "candidates": len(mine), "ok": sum(c.status == "ok" for c in mine),
+            "best": max((c.score for c in mine if c.alive), default=None),
+        })
+    return rows
 
 
 def _row(c: Candidate) -> dict:
@@ -69,6 +88,14 @@ def render_leaderboard(board: dict) -> str:
     if board["top"]:
         top = [[c["commit"][:10], "seed" if c["island"] is None else c["island"], _fmt(c["score"]), c["operator"], c["subject"][:60]] for c in board["top"]]
         lines += ["", tabulate(top, headers=["commit", "island", "score", "operator", "subject"])]
+    if board.get("models"):
+        rows = [[m["model"], m["calls"], m["retries"], m["failed"], f"{m['prompt_tokens']:,} / {m['completion_tokens']:,}",
+                 m["seconds_per_reply"], f"{m['candidates']} ({m['ok']} ok)", _fmt(m["best"])] for m in board["models"]]
+        lines += ["", tabulate(rows, headers=["model", "calls", "retries", "failed", "tokens in / out", "s per reply",
+                                              "candidates", "best"])]
+        said = [f"{m['model']}: " + ", ".join(f"{n} {kind}" for kind, n in sorted(m["failures"].items()))
+                for m in board["models"] if m["failures"]]
+        lines += ["failures: " + "; ".join(said)] if said else []
     return "\n".join(lines)
 
 

@@ -1,0 +1,203 @@
+"""Chat calls to any OpenAI-compatible endpoint (OpenAI, Gemini, Ollama, vLLM, llama.cpp, LM Studio).
+
+One model of the ensemble is drawn per call by weight, from the caller's seeded random stream.
+At most `concurrency` calls are in flight. A rate limit (429), a server error (5xx), a timeout or
+a dropped connection is retried with exponential backoff and jitter, waiting what Retry-After
+asks when the server says; once the retries are spent the call fails as a `CallFailed`, which
+the run counts and survives. A refused key (401, 403) or a model the server does not have (404)
+stops the run at once with a `GitevolveError` saying what to fix: retrying cannot help. So does a
+run of failed calls in a row, so a dead server does not turn into hours of backoff.
+
+The `openai` package's own retries are off (`max_retries=0`): they would multiply ours.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import os
+import random
+import threading
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Callable, Mapping
+
+from gitevolve.config import LLMConfig, ModelConfig
+from gitevolve.errors import GitevolveError
+from gitevolve.mutate import MutationRejected
+
+NO_KEY = "no-key"  # what a server that wants no key (a local one) receives: the client insists on some value
+
+
+@dataclass(frozen=True)
+class Reply:
+    model: str
+    text: str | None
+    prompt_tokens: int
+    completion_tokens: int
+    seconds: float  # latency of the attempt that answered
+    attempts: int
+    finish_reason: str | None
+
+
+class CallFailed(MutationRejected):
+    """No reply after every retry: this mutation is lost, the run goes on."""
+
+    def __init__(self, kind: str, model: str, detail: str, attempts: int) -> None:
+        super().__init__(f"{kind}: {model}: {detail} (after {attempts} attempt{'s' * (attempts > 1)})")
+        self.kind, self.attempts = kind, attempts
+
+
+def api_key(config: LLMConfig, environ: Mapping[str, str]) -> str:
+    if config.api_key_env is None:
+        return NO_KEY
+    key = environ.get(config.api_key_env, "").strip()
+    if not key:
+        raise GitevolveError(f"{config.api_key_env} is not set: export it with the API key for {config.api_base} "
+                             f"(llm.api_key_env names the variable; null for a local server that needs no key)")
+    return key
+
+
+class Client:
+    def __init__(self, config: LLMConfig, environ: Mapping[str, str] = os.environ,
+                 sleep: Callable[[float], None] = time.sleep) -> None:
+        try:
+            import openai
+        except ImportError:
+            raise GitevolveError("a model is configured but the openai package is missing: pip install 'gitevolve[llm]'") from None
+        self.config = config
+        self._openai = openai
+        self._client = openai.OpenAI(api_key=api_key(config, environ), base_url=config.api_base, max_retries=0)
+        self._slots = threading.BoundedSemaphore(config.concurrency)
+        self._lock = threading.Lock()
+        self._failed_in_a_row = 0
+        self._stopped: GitevolveError | None = None
+        self._jitter = random.Random()  # jitter need not repeat: it only spreads retries apart
+        self._sleep = sleep
+
+    def pick(self, rng: random.Random) -> ModelConfig:
+        """One model of the ensemble, drawn by weight from the caller's (seeded) stream."""
+        models = self.config.models
+        return rng.choices(models, weights=[m.weight for m in models])[0] if len(models) > 1 else models[0]
+
+    def complete(self, model: ModelConfig, messages: list[dict]) -> Reply:
+        failure: tuple[str, str] = ("", "")
+        for attempt in range(1, self.config.retries + 2):
+            wait = None
+            try:
+                with self._slots:
+                    self._raise_if_stopped()
+                    started = time.monotonic()
+                    response = self._client.chat.completions.create(**self._request(model, messages))
+                    seconds = time.monotonic() - started
+            except self._openai.APIStatusError as e:
+                self._stop_on_fatal(model, e)
+                failure = (f"model HTTP {e.status_code}", _message(e))
+                if not _retryable(e.status_code):
+                    break
+                wait = retry_after(e.response.headers)
+            except self._openai.APITimeoutError:
+                failure = ("model timeout", f"no reply within {model.timeout:g} s")
+            except self._openai.APIConnectionError as e:
+                failure = ("model connection failed", f"{self.config.api_base}: {e}")
+            except self._openai.APIError as e:  # a 200 whose body is not a chat completion
+                failure = ("model bad response", str(e)[:200])
+                break
+            else:
+                with self._lock:
+                    self._failed_in_a_row = 0
+                return _reply(model.name, response, seconds, attempt)
+            if attempt <= self.config.retries:
+                self._sleep(self.delay(attempt, wait))
+        self._count_failure(failure)
+        raise CallFailed(failure[0], model.name, failure[1], attempt)
+
+    def delay(self, attempt: int, asked: float | None) -> float:
+        """Seconds before retry `attempt`: what the server asked, else doubling backoff with jitter."""
+        cap = self.config.max_backoff
+        if asked is not None:
+            return min(asked, cap)
+        step = min(cap, self.config.backoff * 2 ** (attempt - 1))
+        return step / 2 + self._jitter.uniform(0, step / 2)
+
+    def _request(self, model: ModelConfig, messages: list[dict]) -> dict:
+        request = {"model": model.name, "messages": messages, "max_tokens": model.max_tokens, "timeout": model.timeout}
+        if model.temperature is not None:
+            request["temperature"] = model.temperature
+        return request
+
+    def _stop_on_fatal(self, model: ModelConfig, e) -> None:
+        base, code = self.config.api_base, e.status_code
+        if code in (401, 403):
+            holder = f"the key in ${self.config.api_key_env}" if self.config.api_key_env else "requests without a key"
+            self._stop(GitevolveError(f"{base} refused {holder} (HTTP {code}: {_message(e)}): check the key, "
+                                      f"or set llm.api_key_env to the variable that holds it"))
+        if code == 404:
+            self._stop(GitevolveError(f"model {model.name!r} was not found at {base} (HTTP 404: {_message(e)}): check "
+                                      f"llm.models[].name, and that api_base is the URL before /chat/completions"))
+
+    def _stop(self, error: GitevolveError) -> None:
+        with self._lock:
+            self._stopped = self._stopped or error
+        raise error
+
+    def _raise_if_stopped(self) -> None:
+        if self._stopped is not None:
+            raise GitevolveError(str(self._stopped))  # a fresh one per thread: tracebacks are per raise
+
+    def _count_failure(self, failure: tuple[str, str]) -> None:
+        with self._lock:
+            self._failed_in_a_row += 1
+            n = self._failed_in_a_row
+        if n >= self.config.stop_after_failures:
+            self._stop(GitevolveError(
+                f"{n} model calls in a row failed (the last: {failure[0]}: {failure[1]}): stopping; check "
+                f"llm.api_base and the server, then run again (llm.stop_after_failures sets the limit)"))
+
+
+def _retryable(status: int) -> bool:
+    return status in (408, 409, 429) or status >= 500
+
+
+def _message(e) -> str:
+    body = e.body
+    if isinstance(body, dict):
+        inner = body.get("error", body)
+        message = inner.get("message") if isinstance(inner, dict) else inner
+        if message:
+            return " ".join(str(message).split())[:300]
+    return " ".join(str(e.message).split())[:300]
+
+
+def retry_after(headers: Mapping[str, str]) -> float | None:
+    """What the server asked us to wait, in seconds: `retry-after-ms`, or `Retry-After` in seconds or as a date."""
+    try:
+        return max(0.0, float(headers["retry-after-ms"]) / 1000)
+    except (KeyError, ValueError, TypeError):
+        pass
+    value = headers.get("retry-after")
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, (when - datetime.now(timezone.utc)).total_seconds())
+
+
+def _reply(model: str, response, seconds: float, attempts: int) -> Reply:
+    choice = response.choices[0] if getattr(response, "choices", None) else None
+    usage = getattr(response, "usage", None)
+    return Reply(
+        model=model,
+        text=choice.message.content if choice is not None and choice.message is not None else None,
+        prompt_tokens=int(getattr(usage, "prompt_tokens", 0) or 0),
+        completion_tokens=int(getattr(usage, "completion_tokens", 0) or 0),
+        seconds=round(seconds, 3),
+        attempts=attempts,
+        finish_reason=choice.finish_reason if choice is not None else None,
+    )

@@ -1,0 +1,87 @@
+"""The model-driven operator: prompt from git, one model call, the reply applied and checked.
+
+It plugs into the loop like the built-in one (`propose(parent, inspirations, rng)`), and says
+how many proposals the loop may ask of it at once (`concurrency`): model calls are slow, so a
+batch's calls run together. A configurable share of mutations still goes to the built-in
+tunables operator, cheap local tuning between model calls, drawn from the same seeded stream.
+
+A reply that cannot become a candidate is refused here (so the loop commits nothing), counted
+in the ledger under its model with the reason, and that reason is shown in the next prompt for
+the same parent.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from typing import Mapping
+
+from gitevolve.config import Config
+from gitevolve.llm import edits
+from gitevolve.llm.client import CallFailed, Client
+from gitevolve.llm.ledger import Ledger
+from gitevolve.llm.prompt import Prompts
+from gitevolve.mutate import MutationRejected, Operator, Program, Proposal
+from gitevolve.mutate.tunables import TunablesOperator
+from gitevolve.store import Store
+
+
+class ModelOperator:
+    name = "llm"
+
+    def __init__(self, config: Config, client: Client, ledger: Ledger, prompts: Prompts,
+                 builtin: Operator | None = None) -> None:
+        assert config.llm is not None
+        self.client, self.ledger, self.prompts, self.builtin = client, ledger, prompts, builtin
+        self.edit_format = config.llm.edit_format
+        self.share = config.mutation.builtin_share
+        self.concurrency = config.llm.concurrency
+
+    def propose(self, parent: Program, inspirations: list[Program], rng: random.Random) -> Proposal:
+        if self.builtin is not None and self.share > 0 and rng.random() < self.share:
+            try:
+                return self.builtin.propose(parent, inspirations, rng)
+            except MutationRejected:
+                pass  # nothing the built-in operator can change here: the model's turn
+        model = self.client.pick(rng)
+        messages = self.prompts.messages(parent, inspirations, self.ledger.feedback(parent.candidate.sha))
+        try:
+            reply = self.client.complete(model, messages)
+        except CallFailed as e:
+            self.ledger.record(model.name, attempts=e.attempts, replied=False, failure=e.kind)
+            raise
+        usage = {"attempts": reply.attempts, "prompt_tokens": reply.prompt_tokens,
+                 "completion_tokens": reply.completion_tokens, "seconds": reply.seconds}
+        try:
+            edit = edits.apply(reply.text, parent.files, self.edit_format)
+        except MutationRejected as e:
+            reason = str(e) + (" (the reply was cut off at max_tokens)" if reply.finish_reason == "length" else "")
+            self.ledger.record(model.name, **usage, replied=True, failure=reason.split(":")[0],
+                               parent=parent.candidate.sha, reason=reason)
+            raise MutationRejected(reason) from None
+        self.ledger.record(model.name, **usage, replied=True, proposed=True)
+        meta = {"model": model.name, **usage, "finish_reason": reply.finish_reason, "edit_format": self.edit_format,
+                "edits": edit.edits, "fuzzy_matches": edit.fuzzy}
+        subject = edit.summary or f"Edit by {model.name} (the reply gave no summary)"
+        return Proposal(edit.files, subject, edit.rationale, f"llm:{model.name}", meta)
+
+
+def operator_for(store: Store, config: Config, environ: Mapping[str, str] = os.environ) -> Operator:
+    """The operator a run uses: the model when one is configured (unless `mutation.operator: tunables`)."""
+    builtin = TunablesOperator(config.mutation.max_changes, config.mutation.crossover)
+    if config.llm is None or config.mutation.operator == "tunables":
+        return builtin
+    return ModelOperator(config, Client(config.llm, environ), Ledger(store), Prompts(store, config), builtin)
+
+
+def describe(operator: Operator, config: Config) -> str:
+    """One line for the start of a run: who mutates."""
+    if not isinstance(operator, ModelOperator) or config.llm is None:
+        reason = "No language model is configured" if config.llm is None else "mutation.operator is 'tunables'"
+        return f"{reason}: mutating with the built-in tunables operator."
+    total = sum(m.weight for m in config.llm.models)
+    models = ", ".join(f"{m.name} ({m.weight / total:.0%})" for m in config.llm.models)
+    line = f"Mutating with {models} at {config.llm.api_base} ({config.llm.edit_format} edits)"
+    if operator.share > 0:
+        line += f"; {operator.share:.0%} of mutations by the built-in tunables operator"
+    return line + "."
