@@ -20,6 +20,7 @@ import fcntl
 import hashlib
 import json
 import os
+import queue
 import random
 import threading
 import time
@@ -277,19 +278,32 @@ class Evaluator:
         return Job(candidate, sum(len(t) for t in texts))
 
     def run_batch(self, jobs: list[Job], population: Population, stats: Stats, progress: Progress) -> None:
-        # At most one job per worktree at a time: a batch with migrations holds more jobs than
-        # workers, and checking a later job out into a slot still waiting to be evaluated made
-        # the earlier job score the later one's code.
-        for start in range(0, len(jobs), self.config.workers):
-            chunk = jobs[start : start + self.config.workers]
-            slots = [worktrees.checkout(self.store, i, job.candidate.sha) for i, job in enumerate(chunk)]
-            with ThreadPoolExecutor(max_workers=self.config.workers) as pool:
-                futures = {}
-                for slot, job in zip(slots, chunk):
-                    futures[pool.submit(self.evaluate_at, slot, job.candidate)] = job
-                for future in as_completed(futures):
-                    scored = self.record(futures[future], future.result(), population, stats)
-                    progress.update(population, stats, scored)
+        """Evaluate the jobs, `workers` at a time, recording each result as it arrives.
+
+        A job takes a free worktree slot, checks out there and gives the slot back when its
+        evaluation ends, so the next job starts as soon as any worker is free and no worktree is
+        ever checked out again while an evaluation still reads it (a batch with migrations holds
+        more jobs than workers).
+        """
+        free: queue.SimpleQueue[int] = queue.SimpleQueue()
+        for slot in range(self.config.workers):
+            free.put(slot)
+        checkout_lock = threading.Lock()  # `git worktree add` and `prune` share .git/worktrees
+
+        def work(job: Job) -> Evaluation:
+            slot = free.get()
+            try:
+                with checkout_lock:
+                    path = worktrees.checkout(self.store, slot, job.candidate.sha)
+                return self.evaluate_at(path, job.candidate)
+            finally:
+                free.put(slot)
+
+        with ThreadPoolExecutor(max_workers=self.config.workers) as pool:
+            futures = {pool.submit(work, job): job for job in jobs}
+            for future in as_completed(futures):
+                scored = self.record(futures[future], future.result(), population, stats)
+                progress.update(population, stats, scored)
 
     def evaluate_at(self, path, c: Candidate) -> Evaluation:
         """Evaluate candidate `c`, checked out at `path` (the loop's workers, and `promote`'s re-measuring)."""
