@@ -15,6 +15,7 @@ from rich.console import Console
 
 from gitevolve import loop, report
 from gitevolve.commands import init as init_command
+from gitevolve.commands import promote as promote_command
 from gitevolve.config import load_config
 from gitevolve.errors import GitevolveError
 from gitevolve.llm import operator as llm_operator
@@ -118,6 +119,27 @@ def prompt(
     store = Store(Path.cwd(), run_name)
     messages = preview.messages(store, load_config(store.root), rev)
     typer.echo(report.as_json(messages) if json_output else preview.render(messages))
+
+
+@app.command()
+def promote(
+    rev: Optional[str] = typer.Argument(None, help="The candidate to promote (default: the run's best)."),
+    branch: Optional[str] = typer.Option(None, help="Branch to create (default: gitevolve/promoted, or gitevolve/<run>/promoted)."),
+    repeats: int = typer.Option(3, min=0, help="Fresh evaluations of the winner and of the base, alternating, before promoting (0: trust the run's score)."),
+    force: bool = typer.Option(False, "--force", help="Move the branch if it exists."),
+    run_name: str = RunOption,
+) -> None:
+    """The winner as one commit on top of the run's base, re-measured first; prints a pull-request description."""
+    store = Store(Path.cwd(), run_name)
+    config = load_config(store.root)
+    population = report.population_of(store)
+    candidate = promote_command.winner(population, store, rev)
+    if repeats:
+        console.print(f"Re-measuring {candidate.sha[:10]} and the base, {repeats} evaluations each ...", highlight=False)
+    done = promote_command.promote(store, config, population, candidate, branch=branch, repeats=repeats, force=force)
+    console.print(f"Branch {done.branch} ({done.commit[:10]}): the evolved files on top of the base. "
+                  f"Push it and open a pull request with this description:\n", highlight=False)
+    typer.echo(done.body)
 
 
 def main() -> None:

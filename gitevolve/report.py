@@ -83,11 +83,12 @@ def render_leaderboard(board: dict) -> str:
     lines = [
         f"run {board['run']}: {board['candidates']} candidates from base {board['base'][:10]} (score {_fmt(board['base_score'])})",
         "",
-        tabulate(rows, headers=["island", "branch", "champion", "score", "ok/failed/pending", "champion's last change"]),
+        tabulate(rows, headers=["island", "branch", "champion", "score", "ok/failed/pending", "champion's last change"],
+                 disable_numparse=True),
     ]
     if board["top"]:
         top = [[c["commit"][:10], "seed" if c["island"] is None else c["island"], _fmt(c["score"]), c["operator"], c["subject"][:60]] for c in board["top"]]
-        lines += ["", tabulate(top, headers=["commit", "island", "score", "operator", "subject"])]
+        lines += ["", tabulate(top, headers=["commit", "island", "score", "operator", "subject"], disable_numparse=True)]
     if board.get("models"):
         rows = [[m["model"], m["calls"], m["retries"], m["failed"], f"{m['prompt_tokens']:,} / {m['completion_tokens']:,}",
                  m["seconds_per_reply"], f"{m['candidates']} ({m['ok']} ok)", _fmt(m["best"])] for m in board["models"]]

@@ -262,6 +262,16 @@ class Store:
         self.update_refs([(self.refs.pin(sha), sha, None)], f"candidate {sha[:10]}")
         return sha
 
+    def commit_branch(self, ref: str, parent: str, tree: str, message: str, *, force: bool) -> str:
+        """A commit on `parent` with `tree`, as branch `ref`; an existing branch moves only with `force`."""
+        sha = self._commit(bytes.fromhex(tree), [parent], message)
+        old = self._ref_value(ref)
+        if old is not None and not force:
+            name = ref.removeprefix("refs/heads/")
+            raise GitevolveError(f"branch {name} already exists: pass --force to move it, or --branch NAME")
+        self.update_refs([(ref, sha, old)], f"promote {sha[:10]}")
+        return sha
+
     def start_islands(self, base: str, seeds: dict[int, str], create_base: bool) -> None:
         """Create the base ref (once) and, per new island, its seed ref and champion branch."""
         updates = [(self.refs.base, base, None)] if create_base else []

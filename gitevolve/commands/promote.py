@@ -1,0 +1,146 @@
+"""`gitevolve promote`: the winner as one commit on top of the run's base, ready for a pull request.
+
+The best of many noisy evaluations is partly the luckiest, so before anything is promoted the
+winner and the base are evaluated again, alternately, with fresh repetitions; the commit and the
+pull-request body quote those figures, and the candidate's note records them.
+"""
+
+from __future__ import annotations
+
+import statistics
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+
+from tabulate import tabulate
+
+from gitevolve import worktrees
+from gitevolve.config import Config
+from gitevolve.errors import GitevolveError
+from gitevolve.loop import Evaluator
+from gitevolve.population import Candidate, Population
+from gitevolve.store import Store, format_message
+
+SLOT = "promote"  # its own worktree: promoting while a run evaluates must not share one
+
+
+@dataclass
+class Remeasure:
+    scores: list[float] = field(default_factory=list)
+    base_scores: list[float] = field(default_factory=list)
+    failures: list[str] = field(default_factory=list)
+
+    @property
+    def median(self) -> float | None:
+        return statistics.median(self.scores) if self.scores else None
+
+    @property
+    def base_median(self) -> float | None:
+        return statistics.median(self.base_scores) if self.base_scores else None
+
+
+@dataclass
+class Promotion:
+    branch: str
+    commit: str
+    winner: Candidate
+    remeasure: Remeasure | None
+    body: str  # the pull request's description, markdown
+
+
+def winner(population: Population, store: Store, rev: str | None) -> Candidate:
+    if rev is None:
+        best = population.best()
+        if best is None or best.sha == population.base:
+            raise GitevolveError(f"no candidate of run {store.refs.run!r} scores above its base yet: nothing to promote "
+                                 "(run `gitevolve run` longer, or name a candidate)")
+        return best
+    sha = store.resolve(rev)
+    if sha == population.base:
+        raise GitevolveError(f"{rev} is the base of run {store.refs.run!r}: nothing to promote")
+    candidate = population.candidates.get(sha)
+    if candidate is None or not candidate.alive:
+        raise GitevolveError(f"{rev} is not a scored candidate of run {store.refs.run!r} (`gitevolve show {rev}` says why)")
+    return candidate
+
+
+def remeasure(store: Store, config: Config, population: Population, candidate: Candidate, repeats: int) -> Remeasure:
+    """`repeats` evaluations of the candidate and of the base, alternating (A B B A ...) so drift hits both."""
+    evaluator = Evaluator(store, config, population.base)
+    base = population.candidates[population.base]
+    result = Remeasure()
+    for i in range(repeats):
+        for c in ((candidate, base) if i % 2 == 0 else (base, candidate)):
+            path = worktrees.checkout(store, SLOT, c.sha)
+            evaluation = evaluator.evaluate_at(path, c)
+            if evaluation.status != "ok" or evaluation.score is None:
+                result.failures.append(f"{c.sha[:10]}: {evaluation.reason or evaluation.status}")
+                continue
+            (result.scores if c is candidate else result.base_scores).append(evaluation.score)
+    return result
+
+
+def lineage(population: Population, candidate: Candidate) -> list[Candidate]:
+    """The chain of candidates from the base (excluded) to `candidate`, oldest first."""
+    chain, c = [], candidate
+    while c is not None and c.sha != population.base:
+        chain.append(c)
+        c = population.candidates.get(c.parent or "")
+    return chain[::-1]
+
+
+def promote(store: Store, config: Config, population: Population, candidate: Candidate, *,
+            branch: str | None, repeats: int, force: bool) -> Promotion:
+    measured = remeasure(store, config, population, candidate, repeats) if repeats else None
+    if measured and measured.failures:
+        raise GitevolveError(f"re-measuring failed ({'; '.join(measured.failures[:3])}): nothing was promoted")
+    if measured:
+        note = store.note(candidate.sha) or {}
+        note["remeasured"] = {"scores": measured.scores, "base_scores": measured.base_scores,
+                              "at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+        store.record(candidate.sha, note)
+    name = branch or store.refs.branch_prefix.removeprefix("refs/heads/") + "promoted"
+    files = {path: store.read_file(candidate.sha, path) for path in config.files}
+    tree = store.tree_with(population.base, files)
+    body = pr_body(store, population, candidate, measured)
+    base = population.candidates.get(population.base)
+    score = measured.median if measured else candidate.score
+    base_score = measured.base_median if measured else (base.score if base else None)
+    subject = f"Evolved {', '.join(config.files)}: score {_fmt(score)} (base {_fmt(base_score)})"
+    message = format_message(subject, _plain(body), {"Run": store.refs.run, "Candidate": candidate.sha})
+    sha = store.commit_branch(f"refs/heads/{name}", population.base, tree, message, force=force)
+    return Promotion(name, sha, candidate, measured, body)
+
+
+def pr_body(store: Store, population: Population, candidate: Candidate, measured: Remeasure | None) -> str:
+    base = population.candidates.get(population.base)
+    lines = [f"Evolved by gitevolve, run `{store.refs.run}`: candidate `{candidate.sha[:10]}` "
+             f"(island {candidate.island}, iteration {candidate.iteration}).", ""]
+    if measured:
+        lines += [f"Re-measured just now, {len(measured.scores)} evaluations each, alternating with the base: "
+                  f"median score **{_fmt(measured.median)}** against **{_fmt(measured.base_median)}** for the base "
+                  f"(the run had scored it {_fmt(candidate.score)}).",
+                  f"Candidate: {', '.join(_fmt(s) for s in measured.scores)}; base: {', '.join(_fmt(s) for s in measured.base_scores)}.", ""]
+    else:
+        lines += [f"Score {_fmt(candidate.score)} against {_fmt(base.score if base else None)} for the base, "
+                  "as the run measured them (not re-measured).", ""]
+    shared = sorted(set(candidate.metrics) & set(base.metrics if base else {}))
+    numeric = [k for k in shared if isinstance(candidate.metrics[k], (int, float)) and not isinstance(candidate.metrics[k], bool)]
+    if numeric:
+        rows = [[k, f"{base.metrics[k]:.4g}", f"{candidate.metrics[k]:.4g}"] for k in numeric[:30]]
+        lines += ["Metrics from the run's evaluation:", "", tabulate(rows, headers=["metric", "base", "candidate"], tablefmt="github", disable_numparse=True), ""]
+    chain = lineage(population, candidate)
+    lines += [f"How it got there ({len(chain)} mutations, oldest first; `git log -p {candidate.sha[:10]}` shows each):", ""]
+    previous = base.score if base else None
+    for c in chain:
+        lines.append(f"- `{c.sha[:10]}` {c.subject} ({_fmt(previous)} -> {_fmt(c.score)})")
+        previous = c.score
+    lines += ["", f"Reproduce: `gitevolve show {candidate.sha[:10]}`."]
+    return "\n".join(lines)
+
+
+def _plain(markdown: str) -> str:
+    return markdown.replace("**", "").replace("`", "")
+
+
+def _fmt(score: float | None) -> str:
+    return "-" if score is None else f"{score:.4f}"
