@@ -44,6 +44,10 @@ def init(
     store = Store(Path.cwd())
     if example:
         paths, sha = init_command.add_example(store, example)
+        if sha is None:
+            console.print(f"The {example} example is already committed here, unchanged: nothing to do. Next: gitevolve run",
+                          highlight=False)
+            return
         console.print(f"Added the {example} example ({', '.join(paths)}) and committed it as {sha[:10]}: "
                       f"this is the run's base. Next: gitevolve run", highlight=False)
     else:

@@ -132,7 +132,8 @@ class Store:
             ["git", *args], cwd=self.root, input=input, capture_output=True, env=_git_env()
         )
         if check and done.returncode != 0:
-            raise GitevolveError(f"git {args[0]} failed: {done.stderr.decode(errors='replace').strip()}")
+            said = (done.stderr or done.stdout).decode(errors="replace").strip()  # `git commit` explains on stdout
+            raise GitevolveError(f"git {args[0]} failed: {said or f'exit status {done.returncode}'}")
         return done.stdout.decode(errors="replace")
 
     def resolve(self, rev: str) -> str:

@@ -46,8 +46,11 @@ def write_template(store: Store, files: list[str], command: str | None) -> Path:
     return target
 
 
-def add_example(store: Store, name: str) -> tuple[list[str], str]:
-    """Copy example `name` (and the hooks its config runs) into the repository and commit them."""
+def add_example(store: Store, name: str) -> tuple[list[str], str | None]:
+    """Copy example `name` (and the hooks its config runs) into the repository and commit them.
+
+    Returns the paths and the new commit, or None when they were already committed as they are.
+    """
     root = examples_root()
     source = root / "examples" / name
     if not (source / CONFIG_NAME).is_file():
@@ -72,6 +75,8 @@ def add_example(store: Store, name: str) -> tuple[list[str], str]:
         target.chmod(src.stat().st_mode & 0o777)
     paths = sorted(copies)
     store.git("add", "--", *paths)
+    if not store.git("diff", "--cached", "--name-only", "--", *paths).strip():
+        return paths, None  # already committed as they are: nothing to do
     store.git("commit", "--quiet", "-m", f"Add the {name} example for gitevolve", "-m",
               f"Copied by `gitevolve init --example {name}`: the program to evolve, its evaluator hook and "
               f"{CONFIG_NAME}. This commit is the run's base.", "--", *paths)
