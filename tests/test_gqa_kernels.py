@@ -76,7 +76,7 @@ def test_example_config_loads_and_names_its_backend(path):
     config = load_config(path.parent)
     assert config.files == ["attention.py"] and config.workers == 1
     backend = path.parent.name.removeprefix("gqa-")
-    assert config.evaluator.command == f"python hooks/gqa_mlx.py --backend {backend} --scenarios gpu"
+    assert config.evaluator.command == f"python hooks/gqa_mlx.py --backend {backend} --scenarios gpu --timeout 840"
     assert (path.parent / "README.md").is_file() and (path.parent / "system_message.md").is_file()
 
 

@@ -55,10 +55,12 @@ def run_hook(cwd: Path, *args: str, env: dict | None = None) -> tuple[dict, subp
     return json.loads(last), done
 
 
-def failed(result: dict, *words: str) -> str:
+def failed(result: dict, *words: str, kind: str | None = None) -> str:
     assert result["status"] == "failed", result
     reason = result["reason"]
     assert result["artifacts"]["reason"] == reason
+    if kind:
+        assert result["metrics"]["failure_kind"] == kind, result["metrics"]
     for word in words:
         assert word in reason, reason
     return reason
@@ -126,7 +128,9 @@ NO_OFFSET = (("position[:, None] + (key_len - query_len)", "position[:, None]"),
 
 
 def test_wrong_head_mapping_is_caught(tmp_path):
-    reason = failed(evaluate(variant(tmp_path, *WRONG_HEADS), CPU, CHECK_ONLY), "wrong output", "out of tolerance")
+    result = evaluate(variant(tmp_path, *WRONG_HEADS), CPU, CHECK_ONLY)
+    reason = failed(result, "wrong output", "out of tolerance", kind="wrong_output")
+    assert result["metrics"]["all_correct"] is False
     assert "expected" in reason and ("e-0" in reason or "e+0" in reason)  # values in scientific notation
 
 
@@ -177,11 +181,12 @@ def test_overwriting_the_inputs_is_caught(tmp_path):
     # Judged on doctored inputs, zeroed queries would match: uniform attention over the values.
     path = variant(tmp_path, ("    group = query_heads // kv_heads\n",
                               "    group = query_heads // kv_heads\n    queries[:] = 0\n"))
-    failed(evaluate(path, CPU, CHECK_ONLY), "overwrote its input queries in place")
+    failed(evaluate(path, CPU, CHECK_ONLY), "overwrote its input queries in place", kind="input_overwritten")
 
 
 def test_cached_output_from_a_previous_call_is_caught(tmp_path):
-    failed(evaluate(variant(tmp_path, MEMO_BY_SHAPE), CPU, CHECK_ONLY), "call 2 of 2", "cached or stale")
+    failed(evaluate(variant(tmp_path, MEMO_BY_SHAPE), CPU, CHECK_ONLY), "call 2 of 2", "cached or stale",
+           kind="wrong_output")
 
 
 def test_memo_that_only_hits_while_timed_is_caught(tmp_path):
@@ -209,7 +214,7 @@ def test_calling_the_baseline_is_caught(tmp_path, how):
                               "_FAST = mx.fast.scaled_dot_product_attention\n\n\n"
                               f"def gqa_attention(queries, keys, values, scale, causal):\n{body}\n\n"
                               "def _real(queries, keys, values, scale, causal):\n"))
-    failed(evaluate(path, CPU, CHECK_ONLY), "called mx.fast.scaled_dot_product_attention")
+    failed(evaluate(path, CPU, CHECK_ONLY), "called mx.fast.scaled_dot_product_attention", kind="baseline_called")
     assert mx.fast.scaled_dot_product_attention is guards.REAL_BASELINE  # restored afterwards
 
 
@@ -225,13 +230,13 @@ def test_a_candidate_that_raises_fails_with_its_traceback(tmp_path):
     path = variant(tmp_path, ("    group = query_heads // kv_heads\n",
                               "    group = query_heads // kv_heads\n    raise ValueError('boom in the kernel')\n"))
     result = evaluate(path, CPU, CHECK_ONLY)
-    failed(result, "prefill-37", "raised ValueError: boom in the kernel")
+    failed(result, "prefill-37", "raised ValueError: boom in the kernel", kind="exception")
     assert "boom in the kernel" in result["artifacts"]["traceback"] and "attention.py" in result["artifacts"]["traceback"]
 
 
 def test_a_candidate_that_does_not_import_fails(tmp_path):
     failed(evaluate(variant(tmp_path, ("import mlx.core as mx\n", "import mlx.core as mx\ndef (:\n")),
-                    CPU, CHECK_ONLY), "importing attention.py raised SyntaxError")
+                    CPU, CHECK_ONLY), "importing attention.py raised SyntaxError", kind="import_error")
     failed(evaluate(variant(tmp_path, ("def gqa_attention(", "def attention(")), CPU, CHECK_ONLY),
            "defines no function gqa_attention")
 
@@ -265,7 +270,7 @@ def frame_repo(tmp_path: Path, outside_edit: bool) -> tuple[Path, dict]:
 def test_an_edit_outside_the_evolve_block_is_caught_by_the_hook(tmp_path):
     repo, env = frame_repo(tmp_path, outside_edit=True)
     result, _ = run_hook(repo, env=env)
-    failed(result, "edited outside the EVOLVE-BLOCK", "before the first block")
+    failed(result, "edited outside the EVOLVE-BLOCK", "before the first block", kind="frame_changed")
     assert "+FAST_PATH = True" in result["artifacts"]["frame"]
     assert result["metrics"]["frame_check"] == "changed"
 

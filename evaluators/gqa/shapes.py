@@ -10,6 +10,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 
+ITEMSIZE = {"float32": 4, "float16": 2, "bfloat16": 2}
+
+
 @dataclass(frozen=True)
 class Model:
     name: str
@@ -49,12 +52,20 @@ class Scenario:
             raise ValueError(f"{self.name}: kind must be prefill or decode, not {self.kind!r}")
         if self.key_len < self.query_len:
             raise ValueError(f"{self.name}: key_len < query_len leaves queries with no key to attend to")
+        if self.dtype not in ITEMSIZE:
+            raise ValueError(f"{self.name}: dtype must be one of {', '.join(ITEMSIZE)}, not {self.dtype!r}")
         if self.model not in MODELS:
             raise ValueError(f"{self.name}: unknown model {self.model!r}")
 
     @property
     def shape(self) -> Model:
         return MODELS[self.model]
+
+    @property
+    def kv_bytes(self) -> int:
+        """Bytes of keys and values together: what attention must read at least once."""
+        m = self.shape
+        return 2 * self.batch * m.kv_heads * self.key_len * m.head_dim * ITEMSIZE[self.dtype]
 
     def describe(self) -> str:
         m = self.shape

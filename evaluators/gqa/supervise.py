@@ -1,0 +1,195 @@
+"""The hook as a supervisor: the evaluation runs in a child process, and whatever happens to that
+child becomes one hook result.
+
+A GPU kernel can take its process down in ways no try/except survives: an illegal address
+aborts the process, a warp-shuffle loop that is not warp-uniform hangs forever, a driver error
+kills it with a signal. The child runs in a process group of its own, with a timeout a little
+under gitevolve's, and its result comes back through a file. Then:
+
+    the child wrote a result           passed on as it is
+    the timeout passed                 failed, failure_kind hang; the child's group is killed
+    the child died without a result    by its stderr: transient (out of memory, device busy:
+                                       gitevolve retries), compile_error (the whole compiler
+                                       message kept), gpu_fault, or else crash
+
+The child's last progress note says which scenario and step it was in. Standard library only:
+this process must not touch the GPU it is guarding.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from evaluators.gqa import cli, faults
+
+STDERR_TAIL = 6000
+STDOUT_TAIL = 2000
+# A process killed inside a GPU driver call can take a while to go; --timeout plus this must stay
+# under gitevolve's timeout (50 + 5 < 60 for the examples).
+REAP_SECONDS = 5.0
+
+
+@dataclass(frozen=True)
+class Child:
+    returncode: int | None  # None: still not reaped after the kill
+    timed_out: bool
+    seconds: float
+    stdout: str
+    stderr: str
+    report: dict | None = None  # the child's result, when it wrote one
+    step: str = ""  # the last step it announced
+    metrics: dict = field(default_factory=dict)  # its metrics as of that step
+
+
+def _die_with_parent() -> None:
+    """In the child, before exec (Linux): SIGKILL when the supervisor dies, even by SIGKILL."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
+def _kill_group(pgid: int) -> None:
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def _read(path: Path, tail: int) -> str:
+    try:
+        data = path.read_bytes()
+    except OSError:
+        return ""
+    text = data.decode("utf-8", errors="replace")
+    return text if len(text) <= tail else "..." + text[-tail:]
+
+
+def _read_result(path: Path) -> tuple[dict | None, str, dict]:
+    """(final result, last step, metrics at that step) from the child's result file."""
+    try:
+        value = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None, "", {}
+    if not isinstance(value, dict):
+        return None, "", {}
+    if "status" in value:
+        return value, "", {}
+    progress = value.get("progress") or {}
+    return None, str(progress.get("step", "")), dict(progress.get("metrics") or {})
+
+
+def run_child(command: list[str], timeout: float, env: dict | None = None) -> Child:
+    """Run `command` with --result-file added, in a process group of its own, for at most `timeout` s."""
+    with tempfile.TemporaryDirectory(prefix="gqa-eval-") as tmp:
+        tmp = Path(tmp)
+        result, out_path, err_path = tmp / "result.json", tmp / "stdout", tmp / "stderr"
+        environ = {**(os.environ if env is None else env), "PYTHONFAULTHANDLER": "1"}
+        started = time.monotonic()
+        with open(out_path, "wb") as out, open(err_path, "wb") as err:
+            proc = subprocess.Popen(
+                [*command, "--result-file", str(result)], stdin=subprocess.DEVNULL, stdout=out, stderr=err,
+                env=environ, start_new_session=True,
+                preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None)
+            previous = _forward_signals(proc.pid)
+            try:
+                timed_out = False
+                try:
+                    proc.wait(timeout=timeout)
+                except subprocess.TimeoutExpired:
+                    timed_out = True
+                # Also after a normal exit: nothing the candidate started may outlive the evaluation.
+                _kill_group(proc.pid)
+                try:
+                    code = proc.wait(timeout=REAP_SECONDS)
+                except subprocess.TimeoutExpired:
+                    code = None
+            finally:
+                _restore_signals(previous)
+        report, step, metrics = _read_result(result)
+        return Child(code, timed_out, time.monotonic() - started, _read(out_path, STDOUT_TAIL),
+                     _read(err_path, STDERR_TAIL), report, step, metrics)
+
+
+def _forward_signals(pgid: int) -> dict:
+    """gitevolve stops a hook by signalling the hook's group, which the child has left: take the
+    child's group down with us."""
+
+    def stop(signum, frame):
+        _kill_group(pgid)
+        os._exit(128 + signum)
+
+    previous = {}
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        previous[sig] = signal.signal(sig, stop)
+    return previous
+
+
+def _restore_signals(previous: dict) -> None:
+    for sig, handler in previous.items():
+        signal.signal(sig, handler)
+
+
+def _exit_words(code: int | None) -> str:
+    if code is None:
+        return "did not exit when killed"
+    if code < 0:
+        try:
+            return f"was killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"was killed by signal {-code}"
+    return f"exited with status {code} without a result"
+
+
+def classify(child: Child, timeout: float) -> dict:
+    """The hook result for what happened to the child."""
+    if child.report is not None:
+        result = dict(child.report)
+        if result.get("status") != "ok" and child.stderr.strip():
+            result["artifacts"] = {**result.get("artifacts", {}), "stderr": child.stderr}
+        return result
+    where = f" during {child.step}" if child.step else ""
+    streams = {k: v for k, v in (("stderr", child.stderr), ("stdout", child.stdout)) if v.strip()}
+    if child.timed_out:
+        return _failure(child, "hang", False,
+                        f"the evaluation did not finish in {timeout:g} s{where}: a hung kernel? "
+                        f"(its process group was killed)", streams)
+    # Compiler and driver messages go to stderr; a kernel's printf to stdout.
+    text = f"{child.stderr}\n{child.stdout}"
+    kind = faults.classify(text)
+    died = f"the evaluation {_exit_words(child.returncode)}{where}"
+    line = faults.telling_line(child.stderr or child.stdout, kind)
+    if kind == "transient":
+        return _failure(child, faults.transient_kind(text), True, f"{died}, maybe for a busy device: {line}", streams)
+    if kind == "compile_error":
+        return _failure(child, kind, False, f"{died}: a kernel did not compile: {line}",
+                        {**streams, "compile_error": child.stderr})
+    if kind == "gpu_fault":
+        return _failure(child, kind, False, f"{died}: GPU fault: {line}", streams)
+    return _failure(child, "crash", False, f"{died}: {line}" if streams else died, streams)
+
+
+def _failure(child: Child, kind: str, transient: bool, reason: str, artifacts: dict) -> dict:
+    metrics = {**child.metrics, **faults.safety(kind), "evaluation_seconds": round(child.seconds, 2)}
+    if child.step:
+        metrics["failed_step"] = child.step
+    return {"status": "transient" if transient else "failed", "reason": reason, "metrics": metrics,
+            "artifacts": {"reason": reason, **artifacts}}
+
+
+def main(script: str, argv: list[str]) -> dict:
+    """Evaluate as `script --child argv` would, supervised; `script` is the hook file itself, so the
+    child imports the harness the same way the hook did."""
+    args = cli.parse(argv)
+    child = run_child([sys.executable, script, "--child", *argv], args.timeout)
+    return classify(child, args.timeout)
