@@ -209,13 +209,13 @@ def mlx_contender(name, fn, s: Scenario, sets: int) -> Contender:
     return Contender(name, call, lambda outs: mx.eval(outs), [mlx_inputs(s) for _ in range(sets)])
 
 
-DECODE_MASK = {"causal": True}  # --mlx-decode-mask
+DECODE_MASK = {"causal": False}  # --mlx-decode-mask
 
 
 def baseline_fn(q, k, v, scale, causal):
     """MLX's attention. For decode (Lq = 1) the causal mask hides nothing, but MLX 0.32.4 takes a
-    slower path with it per call (on the H100: ~650 us against ~170 us at 32k); --mlx-decode-mask
-    none leaves it off there. The default passes it, as the evaluator harness does."""
+    slower path with it per call (on the H100: ~650 us against ~170 us at 32k). By default it is
+    left off there, as mlx-lm and the evaluator harness call it; --mlx-decode-mask causal passes it."""
     if causal and q.shape[2] == 1 and not DECODE_MASK["causal"]:
         causal = False
     return BASELINE(q, k, v, scale=scale, mask="causal" if causal else None)
@@ -636,7 +636,7 @@ def main(argv=None) -> int:
     p.add_argument("--sweep-budget", type=float, default=240.0, help="seconds for the sweep")
     p.add_argument("--start", action="append", default=[], metavar="NAME=VALUE",
                    help="where the sweep starts (on top of the candidate's own values)")
-    p.add_argument("--mlx-decode-mask", choices=["causal", "none"], default="causal",
+    p.add_argument("--mlx-decode-mask", choices=["causal", "none"], default="none",
                    help="MLX's mask for decode scenarios (the same result either way; see baseline_fn)")
     p.add_argument("--json", help="write all results here")
     args = p.parse_args(argv)

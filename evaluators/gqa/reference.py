@@ -17,7 +17,21 @@ def causal_visible(query_len: int, key_len: int) -> mx.array:
 
 
 def gqa_reference(queries: mx.array, keys: mx.array, values: mx.array, scale: float, causal: bool) -> mx.array:
-    """Attention in float32 with query head h reading KV head h // (Hq // Hkv); returns float32."""
+    """Attention in float32 with query head h reading KV head h // (Hq // Hkv); returns float32.
+
+    For float32 inputs it is computed on the CPU whatever the default device: on the GPU, MLX's
+    float32 matmuls run as TF32 (measured on the H100: 2.0e-3 off a float64 reference, against
+    2.3e-6 on the CPU), which would fail correct float32 kernels against a tolerance of 1e-4.
+    Half-precision tolerances (1.5e-2, 5e-2) leave room for that error, so those references stay
+    on the default device: with every reference on the CPU, the 20-scenario GPU set did not finish
+    in 270 s on the H100 (cause not isolated; long prefills need ~100 GFLOP of CPU matmul each).
+    """
+    device = mx.cpu if queries.dtype == mx.float32 else mx.default_device()
+    with mx.stream(device):  # ops take their stream when they are built, not when evaluated
+        return _attention(queries, keys, values, scale, causal)
+
+
+def _attention(queries: mx.array, keys: mx.array, values: mx.array, scale: float, causal: bool) -> mx.array:
     batch, query_heads, query_len, _ = queries.shape
     kv_heads, key_len = keys.shape[1], keys.shape[2]
     if query_heads % kv_heads:
