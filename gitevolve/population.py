@@ -33,6 +33,7 @@ class Candidate:
     subject: str = ""
     metrics: dict = field(default_factory=dict, compare=False)
     features: dict = field(default_factory=dict, compare=False)
+    remeasured: float | None = None  # median of `gitevolve promote`'s fresh evaluations, if any
 
     @property
     def alive(self) -> bool:
@@ -58,7 +59,16 @@ class Candidate:
             subject=str(note.get("subject", "")),
             metrics=note.get("metrics") or {},
             features=note.get("features") or {},
+            remeasured=_median((note.get("remeasured") or {}).get("scores")),
         )
+
+
+def _median(scores) -> float | None:
+    numbers = sorted(x for x in scores or [] if isinstance(x, (int, float)) and not isinstance(x, bool))
+    if not numbers:
+        return None
+    mid = len(numbers) // 2
+    return numbers[mid] if len(numbers) % 2 else (numbers[mid - 1] + numbers[mid]) / 2
 
 
 def pending_from_commit(sha: str, raw: bytes, seed_of: set[int]) -> Candidate:

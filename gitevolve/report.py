@@ -30,6 +30,7 @@ def leaderboard(store: Store, population: Population, top: int = 0) -> dict:
             "branch": store.refs.island(k).removeprefix("refs/heads/"),
             "champion": population.champions[k],
             "score": champion.score if champion else None,
+            "remeasured": champion.remeasured if champion else None,
             "subject": champion.subject if champion else "",
             "candidates": len(members),
             "ok": sum(c.status == "ok" for c in members),
@@ -75,9 +76,17 @@ def _fmt(score: float | None) -> str:
     return "-" if score is None else f"{score:.4f}"
 
 
+def _score_cell(row: dict) -> str:
+    """The run's score, and beside it the re-measured one where `promote` measured it again:
+    the best of many noisy draws is partly the luckiest."""
+    if row.get("remeasured") is None:
+        return _fmt(row["score"])
+    return f"{_fmt(row['score'])} (re-measured {_fmt(row['remeasured'])})"
+
+
 def render_leaderboard(board: dict) -> str:
     rows = [
-        [r["island"], r["branch"], r["champion"][:10], _fmt(r["score"]), f"{r['ok']}/{r['failed']}/{r['pending']}", r["subject"][:60]]
+        [r["island"], r["branch"], r["champion"][:10], _score_cell(r), f"{r['ok']}/{r['failed']}/{r['pending']}", r["subject"][:60]]
         for r in board["islands"]
     ]
     lines = [

@@ -2,6 +2,8 @@
 
 import json
 
+import pytest
+
 from conftest import git, gitevolve
 
 from test_run import notes, ok
@@ -23,6 +25,10 @@ def test_promote_commits_the_winner_on_the_base_after_re_measuring_it(repo):
     remeasured = notes(repo)[best["champion"]]["remeasured"]
     assert len(remeasured["scores"]) == 2 and len(remeasured["base_scores"]) == 2
     assert "median score" in done.stdout and "How it got there" in done.stdout
+    board = json.loads(ok(gitevolve(repo, "status", "--json")).stdout)
+    row = next(r for r in board["islands"] if r["champion"] == best["champion"])
+    assert row["remeasured"] == pytest.approx(sum(remeasured["scores"]) / 2)
+    assert "(re-measured " in ok(gitevolve(repo, "status")).stdout
     assert git(repo, "symbolic-ref", "HEAD").strip() == "refs/heads/main"
 
     again = gitevolve(repo, "promote", "--repeats", "0")
