@@ -349,6 +349,10 @@ def test_the_hook_reports_the_published_figures(tmp_path):
     assert (m["backend"], m["all_correct"], m["failure_kind"], m["kind"]) == ("cpu", True, "none", "mlx-ops")
     assert sum(m[k] for k in ("gained_over_25pct", "gained_5_to_25pct", "within_5pct", "regressed_over_5pct")) == 2
     assert m["peak_memory_mb.candidate"] > 0
+    steps = dict(part.rsplit(" ", 1) for part in m["step_seconds"].split(", "))  # where the time went
+    assert list(steps) == ["bandwidth", "import", "correctness.decode-256-b2", "correctness.prefill-37",
+                           "timing.decode-256-b2", "timing.prefill-37"]
+    assert all(float(v) >= 0 for v in steps.values())
 
 
 # --- the supervisor, with real child processes ----------------------------------------------------
@@ -455,6 +459,7 @@ def test_a_hang_is_killed_at_the_inner_timeout_with_its_process_group(tmp_path):
     result, _ = run_hook(tmp_path, *FIRST, "--timeout", "4")
     assert time.monotonic() - started < 15
     failed(result, "hang", "did not finish in 4 s during prefill-37 (correctness)")
+    assert result["metrics"]["step_seconds"].startswith("import "), "the steps finished before the kill are timed"
     assert not any(_alive(pid) for pid in _pids(tmp_path, 2))
 
 

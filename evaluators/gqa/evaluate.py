@@ -34,8 +34,9 @@ hang and crash, and tells compile_error, gpu_fault and the transient kinds from 
 
 from __future__ import annotations
 
+import time
 import traceback
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -113,9 +114,26 @@ def _failed(f: Failed, metrics: dict) -> dict:
             "artifacts": {"reason": f.reason, **f.artifacts}}
 
 
-def _step(setup: Setup, step: str, metrics: dict) -> None:
-    if setup.progress:
-        setup.progress(step, metrics)
+@dataclass
+class Steps:
+    """Where the evaluation is, for the supervisor's progress note, and how long each step took,
+    as one metric (`step_seconds`, "bandwidth 0.03, import 0.21, ..."): an evaluation killed at
+    its timeout still says where its time went, and a model's prompt gets one line, not forty."""
+
+    setup: Setup
+    metrics: dict
+    key: str | None = None
+    started: float = field(default_factory=time.monotonic)
+    seconds: dict = field(default_factory=dict)
+
+    def enter(self, key: str | None, label: str = "", extra: dict | None = None) -> None:
+        now = time.monotonic()
+        if self.key is not None:
+            self.seconds[self.key] = now - self.started
+            self.metrics["step_seconds"] = ", ".join(f"{k} {v:.2f}" for k, v in self.seconds.items())
+        self.key, self.started = key, now
+        if key is not None and self.setup.progress:
+            self.setup.progress(label, {**self.metrics, **(extra or {})})
 
 
 def _evaluate(path: Path, scenarios: Sequence[Scenario], setup: Setup, metrics: dict) -> dict:
@@ -125,22 +143,23 @@ def _evaluate(path: Path, scenarios: Sequence[Scenario], setup: Setup, metrics: 
     if frame.status == "changed":
         raise Failed(f"edited outside the EVOLVE-BLOCK: {frame.detail.splitlines()[0]}", "frame_changed",
                      frame=frame.detail)
-    device = None
+    device, steps = None, Steps(setup, metrics)
     if setup.stage != "correctness":
         # Before the candidate is loaded, so nothing it does at import can slow the measurement.
-        _step(setup, "measuring the device's bandwidth", metrics)
+        steps.enter("bandwidth", "measuring the device's bandwidth")
         device = bandwidth.measure()
         metrics.update(device.metrics())
 
     with baseline_hidden() as wire, launches.watch() as ledger:
         guard = Guard(wire, ledger)
         try:
-            _step(setup, f"importing {path.name}", metrics)
+            steps.enter("import", f"importing {path.name}")
             attention = launches.counted(_load(path, wire), ledger)
             checks = []
             for s in scenarios:
-                _step(setup, f"{s.name} (correctness)", {**metrics, **ledger.metrics()})
+                steps.enter(f"correctness.{s.name}", f"{s.name} (correctness)", ledger.metrics())
                 checks.append(_correct(s, attention, guard))
+            steps.enter(None)
             metrics["max_abs_error"] = max((v.max_abs_error for v in checks), default=0.0)
             metrics["all_correct"] = True
             artifacts = {"correctness": "\n".join(v.report for v in checks)}
@@ -149,9 +168,10 @@ def _evaluate(path: Path, scenarios: Sequence[Scenario], setup: Setup, metrics: 
                 return {"status": "ok", "score": 1.0, "metrics": metrics, "artifacts": artifacts}
             races, peaks = {}, {}
             for s in scenarios:
-                _step(setup, f"{s.name} (timing)", {**metrics, **ledger.metrics()})
+                steps.enter(f"timing.{s.name}", f"{s.name} (timing)", ledger.metrics())
                 races[s.name] = _time(s, attention, guard, setup.budget)
                 peaks[s.name] = _peaks(s, attention, guard, races[s.name].last_inputs)
+            steps.enter(None)
             _all_launched(ledger)
         finally:
             metrics.update(ledger.metrics())
