@@ -113,6 +113,8 @@ GPU = (
     _decode("decode-16383-bf16", 1, 16383, "bfloat16", "qwen3-14b"),
     _decode("decode-32768", 1, 32768, "float16", "qwen3-14b"),
     _decode("decode-32767-b2", 2, 32767, "bfloat16", "qwen3-0.6b"),
+    # Memory stress: sixteen sequences' caches, 537 MB of K/V, far past any cache on the chip.
+    _decode("decode-8191-b16-memory", 16, 8191, "float16", "qwen3-14b"),
 )
 
 SETS = {"cpu": CPU, "gpu": GPU}
