@@ -51,3 +51,11 @@ def test_malformed_configs_name_the_key(repo, text, message):
 def test_a_missing_config_says_how_to_make_one(tmp_path):
     with pytest.raises(GitevolveError, match="gitevolve init"):
         load_config(tmp_path)
+
+
+def test_the_projects_own_settings_are_valid():
+    from conftest import ROOT
+
+    config = load_config(ROOT)
+    assert config.files == ["examples/gqa-mlx/attention.py"]
+    assert all((ROOT / f).is_file() for f in config.files)
