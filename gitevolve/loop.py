@@ -228,7 +228,7 @@ def mutation(store: Store, population: Population, operator: Operator, p: Plan, 
              stats: Stats) -> Job | None:
     """The plan's candidate, committed; or None (counted) if none could be made."""
     outcome = first
-    for attempt in range(DUPLICATE_TRIES):
+    for attempt in range(getattr(operator, "duplicate_attempts", DUPLICATE_TRIES)):
         if attempt:
             outcome = propose(operator, p)  # the island already tried that tree: ask again
         if isinstance(outcome, MutationRejected):
@@ -240,6 +240,8 @@ def mutation(store: Store, population: Population, operator: Operator, p: Plan, 
                          trailers, p.island, p.iteration, p.generation, outcome.operator, outcome.meta, p.parent.files)
         if job is not None:
             return job
+        if hasattr(operator, "duplicate"):
+            operator.duplicate(p.parent, outcome)
     stats.reject("duplicate")
     return None
 

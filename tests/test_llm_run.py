@@ -194,3 +194,35 @@ def test_a_model_edits_the_gqa_kernel_example(tmp_path):
     assert "Qwen3-0.6B has 16 query heads" in server.requests[0].system and "## attention.py" in server.requests[0].user
     made = sorted((n["iteration"], n["status"], n["subject"]) for n in notes(repo).values() if n["operator"] == "llm:flash")
     assert made == [(1, "ok", 'Use SOFTMAX = "fused"'), (2, "ok", 'Use GROUPING = "broadcast"')]
+
+
+class SameEdit:
+    """A model stuck between two programs: C to 0.9, and from 0.9 back to 0.5 (the base's)."""
+
+    def __init__(self) -> None:
+        self.prompts: list[str] = []
+        self.lock = threading.Lock()
+
+    def __call__(self, request) -> Reply:
+        with self.lock:
+            self.prompts.append(request.user)
+        current = re.search(r"^C = ([0-9.]+)(.*)$", request.user, re.M)
+        value = "0.5" if current.group(1) == "0.9" else "0.9"
+        return Reply(f"SUMMARY: Set C to {value}\nRATIONALE: try it.\n\n<<<<<<< SEARCH\n{current.group(0)}\n=======\n"
+                     f"C = {value}{current.group(2)}\n>>>>>>> REPLACE\n")
+
+
+def test_a_model_repeating_a_program_is_asked_once_more_and_told_why(tmp_path):
+    model = SameEdit()
+    with FakeOpenAI(model) as server:
+        repo = make_repo(tmp_path / "repo", config=model_config(server.url))
+        done = ok(gitevolve(repo, "run", "--islands", "1", "--workers", "1", "--iterations", "4", env=KEY))
+    made = [n for n in notes(repo).values() if n["operator"].startswith("llm:")]
+    assert len(made) == 1, "one program with C = 0.9 on the island, however often it is proposed"
+    assert "duplicate" in done.stdout.split("no candidate from:")[1]
+    assert len(model.prompts) <= 1 + 2 * 3, "a duplicate is asked again once, not eight times"
+    told = [p for p in model.prompts if "has already evaluated" in p]
+    assert told, "the next prompt for that parent says why the last reply made no candidate"
+    board = json.loads(ok(gitevolve(repo, "status", "--json")).stdout)
+    failures = {m["model"]: m["failures"] for m in board["models"]}
+    assert sum(f.get("duplicate", 0) for f in failures.values()) >= 1

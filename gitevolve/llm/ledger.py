@@ -66,18 +66,14 @@ class Ledger:
             for name, n in zip(COUNTERS, (1, replied, proposed, attempts - 1, prompt_tokens, completion_tokens)):
                 usage[name] = usage.get(name, 0) + int(n)
             usage["seconds"] = round(usage.get("seconds", 0.0) + seconds, 3)
-            if failure:
-                failures = usage.setdefault("failures", {})
-                failures[failure] = failures.get(failure, 0) + 1
-            if parent and reason:
-                kept = state["feedback"].pop(parent, [])  # popped and put back: the dict stays in recency order
-                kept.append({"model": model, "kind": failure, "reason": reason[:REASON_CHARS],
-                             "at": datetime.now(timezone.utc).isoformat(timespec="seconds")})
-                state["feedback"][parent] = kept[-FEEDBACK_PER_PARENT:]
-                for old in list(state["feedback"])[:-FEEDBACK_PARENTS]:
-                    del state["feedback"][old]
+            _refuse(state, model, failure, parent, reason)
 
         self._write(change)
+
+    def refused(self, model: str, *, failure: str, parent: str, reason: str) -> None:
+        """A reply that applied but was refused later (a program the island already has): counted
+        under its model and told to the next prompt for the parent, the call itself already counted."""
+        self._write(lambda state: _refuse(state, model, failure, parent, reason))
 
     def _write(self, change: Callable[[dict], None]) -> None:
         with self._lock:
@@ -92,3 +88,17 @@ class Ledger:
                 except StaleRef:  # another writer (a second machine's run sharing the refs): redo on theirs
                     self._sha, self._state = read(self.store)
             raise StaleRef(f"could not update {ref(self.store)}: it keeps moving")
+
+
+def _refuse(state: dict, model: str, failure: str | None, parent: str | None, reason: str | None) -> None:
+    usage = state["models"].setdefault(model, {})
+    if failure:
+        failures = usage.setdefault("failures", {})
+        failures[failure] = failures.get(failure, 0) + 1
+    if parent and reason:
+        kept = state["feedback"].pop(parent, [])  # popped and put back: the dict stays in recency order
+        kept.append({"model": model, "kind": failure, "reason": reason[:REASON_CHARS],
+                     "at": datetime.now(timezone.utc).isoformat(timespec="seconds")})
+        state["feedback"][parent] = kept[-FEEDBACK_PER_PARENT:]
+        for old in list(state["feedback"])[:-FEEDBACK_PARENTS]:
+            del state["feedback"][old]

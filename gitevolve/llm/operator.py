@@ -28,6 +28,9 @@ from gitevolve.store import Store
 
 class ModelOperator:
     name = "llm"
+    # A reply that rebuilds a program the island already has is asked again once, with the reason
+    # in the prompt: a model call costs money and seconds, where the built-in operator's cost nothing.
+    duplicate_attempts = 2
 
     def __init__(self, config: Config, client: Client, ledger: Ledger, prompts: Prompts,
                  builtin: Operator | None = None) -> None:
@@ -64,6 +67,15 @@ class ModelOperator:
                 "edits": edit.edits, "fuzzy_matches": edit.fuzzy}
         subject = edit.summary or f"Edit by {model.name} (the reply gave no summary)"
         return Proposal(edit.files, subject, edit.rationale, f"llm:{model.name}", meta)
+
+
+    def duplicate(self, parent: Program, proposal: Proposal) -> None:
+        """The loop found `proposal`'s program already on the island: tell the next prompt for `parent`."""
+        model = proposal.meta.get("model")
+        if model:  # a built-in share proposal involved no model
+            self.ledger.refused(model, failure="duplicate", parent=parent.candidate.sha,
+                                reason=f"duplicate: \"{proposal.subject}\" gives a program this island has already "
+                                       f"evaluated; propose a different change")
 
 
 def operator_for(store: Store, config: Config, environ: Mapping[str, str] = os.environ) -> Operator:

@@ -38,6 +38,10 @@ class Proposal:
 
 
 class Operator(Protocol):
+    """Also read by the loop when an operator has them: `concurrency` (proposals it may be asked
+    for at once), `duplicate_attempts` (proposals per iteration while they rebuild programs the
+    island already has; 8 otherwise) and `duplicate(parent, proposal)` (told when that happens)."""
+
     name: str
 
     def propose(self, parent: Program, inspirations: list[Program], rng: random.Random) -> Proposal: ...
