@@ -16,7 +16,8 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	rm -rf demo-run && mkdir demo-run
 	cd demo-run && git init --quiet --initial-branch=main \
-	  && git -c user.name=demo -c user.email=demo@localhost commit --quiet --allow-empty -m "Empty start"
+	  && git config user.name demo && git config user.email demo@localhost \
+	  && git commit --quiet --allow-empty -m "Empty start"
 	cd demo-run && ../$(BIN)/gitevolve init --example gqa-mlx
 	cd demo-run && ../$(BIN)/gitevolve run --islands 5
 	cd demo-run && ../$(BIN)/gitevolve status

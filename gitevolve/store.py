@@ -384,6 +384,12 @@ class Store:
         return result
 
 
+# Variables that point git at another repository, index or object store: set when gitevolve
+# itself runs inside a git hook, they would send our commands elsewhere. Identity variables
+# (GIT_AUTHOR_NAME ...) and the rest stay: they are the user's settings.
+_LOCATION = ("GIT_DIR", "GIT_WORK_TREE", "GIT_INDEX_FILE", "GIT_OBJECT_DIRECTORY", "GIT_ALTERNATE_OBJECT_DIRECTORIES",
+             "GIT_COMMON_DIR", "GIT_NAMESPACE", "GIT_PREFIX", "GIT_QUARANTINE_PATH")
+
+
 def _git_env() -> dict[str, str]:
-    # A GIT_DIR or GIT_INDEX_FILE inherited from a hook we run inside would point git elsewhere.
-    return {k: v for k, v in os.environ.items() if not k.startswith("GIT_")} | {"GIT_TERMINAL_PROMPT": "0"}
+    return {k: v for k, v in os.environ.items() if k not in _LOCATION} | {"GIT_TERMINAL_PROMPT": "0"}

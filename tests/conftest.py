@@ -55,9 +55,12 @@ migration: {interval: 2, rate: 0.5}
 '''
 
 
+# Tests do not depend on the machine's git identity (CI has none).
+IDENTITY = {"GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t"}
+
+
 def git(cwd: Path, *args: str) -> str:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("GIT_")}
-    env.update(GIT_AUTHOR_NAME="t", GIT_AUTHOR_EMAIL="t@t", GIT_COMMITTER_NAME="t", GIT_COMMITTER_EMAIL="t@t")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GIT_")} | IDENTITY
     return subprocess.run(["git", *args], cwd=cwd, env=env, check=True, capture_output=True, text=True).stdout
 
 
@@ -79,8 +82,9 @@ def repo(tmp_path: Path) -> Path:
 
 
 def gitevolve(cwd: Path, *args: str, timeout: float = 120, env: dict | None = None) -> subprocess.CompletedProcess:
-    """The real command line, in a subprocess, as a user runs it."""
+    """The real command line, in a subprocess, as a user runs it (env values of None unset a variable)."""
+    merged = {**os.environ, **IDENTITY, "COLUMNS": "200", **(env or {})}
     return subprocess.run(
         [sys.executable, "-m", "gitevolve", *args], cwd=cwd, capture_output=True, text=True, timeout=timeout,
-        env={**os.environ, "COLUMNS": "200", **(env or {})},
+        env={k: v for k, v in merged.items() if v is not None},
     )

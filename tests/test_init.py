@@ -2,7 +2,7 @@
 
 import yaml
 
-from conftest import git, gitevolve
+from conftest import IDENTITY, git, gitevolve
 
 from test_run import notes, ok
 
@@ -53,3 +53,14 @@ def test_init_refuses_to_overwrite_and_names_the_examples(tmp_path):
     assert config["files"] == ["attention.py"] and config["evaluator"]["command"] == "python score.py"
     twice = gitevolve(repo, "init")
     assert twice.returncode == 1 and "already exists" in twice.stderr
+
+
+def test_init_without_a_git_identity_says_how_to_set_one(tmp_path):
+    repo = empty_repo(tmp_path)
+    strict = tmp_path / "gitconfig"
+    strict.write_text("[user]\n\tuseConfigOnly = true\n")  # no guessing user@host
+    nobody = {k: None for k in IDENTITY} | {"GIT_CONFIG_GLOBAL": str(strict), "GIT_CONFIG_NOSYSTEM": "1"}
+    done = gitevolve(repo, "init", "--example", "gqa-mlx", env=nobody)
+    assert done.returncode == 1
+    assert done.stderr.count("\n") == 1 and "git does not know who you are" in done.stderr
+    assert "git config user.email" in done.stderr

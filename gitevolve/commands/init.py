@@ -77,9 +77,16 @@ def add_example(store: Store, name: str) -> tuple[list[str], str | None]:
     store.git("add", "--", *paths)
     if not store.git("diff", "--cached", "--name-only", "--", *paths).strip():
         return paths, None  # already committed as they are: nothing to do
-    store.git("commit", "--quiet", "-m", f"Add the {name} example for gitevolve", "-m",
-              f"Copied by `gitevolve init --example {name}`: the program to evolve, its evaluator hook and "
-              f"{CONFIG_NAME}. This commit is the run's base.", "--", *paths)
+    try:
+        store.git("commit", "--quiet", "-m", f"Add the {name} example for gitevolve", "-m",
+                  f"Copied by `gitevolve init --example {name}`: the program to evolve, its evaluator hook and "
+                  f"{CONFIG_NAME}. This commit is the run's base.", "--", *paths)
+    except GitevolveError as e:
+        if "identity unknown" in str(e) or "tell me who you are" in str(e):
+            raise GitevolveError("git does not know who you are, so the example (copied and staged) was not committed: "
+                                 "run `git config user.name NAME` and `git config user.email EMAIL`, then "
+                                 f"`gitevolve init --example {name}` again") from None
+        raise
     return paths, store.head_commit() or ""
 
 
