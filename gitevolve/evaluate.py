@@ -449,7 +449,10 @@ def _run_once(worktree: Path, stage: Stage, env: Mapping[str, str], epoch: int) 
     report, problem = _read_report(stage, out)
     metrics = report["metrics"] if report else {}
     artifacts = report["artifacts"] if report else {}
-    hook_reason = artifacts.get("reason")
+    # The hook's one-line reason: a top-level "reason" (what a hook author writes first), or an
+    # artifact of that name (where a longer explanation fits).
+    said = report.get("reason") if report else None
+    hook_reason = said if isinstance(said, str) and said.strip() else artifacts.get("reason")
     with_streams = {**streams, **artifacts}
 
     if code == EX_TEMPFAIL:

@@ -447,3 +447,16 @@ def test_parallel_evaluations(tmp_path):
     for tree, result in zip(trees, results):
         assert result.status == "ok", result.reason
         assert result.metrics["cwd"] == str(tree) and result.score == len(str(tree))
+
+
+def test_a_failure_reason_is_read_from_the_top_level_or_an_artifact(tmp_path):
+    top = run(tmp_path / "a", """
+        print(json.dumps({"status": "failed", "reason": "decode-1000: max abs error 3.1e-01",
+                          "artifacts": {"mismatch": "index (0, 3, 0, 17)"}}))
+    """)
+    assert (top.status, top.reason) == ("failed", "decode-1000: max abs error 3.1e-01")
+    assert top.artifacts["mismatch"] == "index (0, 3, 0, 17)"
+    artifact = run(tmp_path / "b", """
+        print(json.dumps({"status": "transient", "artifacts": {"reason": "GPU busy"}}))
+    """)
+    assert (artifact.status, artifact.reason) == ("failed", "transient failure persisted after 1 attempt: GPU busy")
