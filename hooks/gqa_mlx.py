@@ -53,7 +53,7 @@ if __name__ == "__main__":
         result = {"status": "failed", "reason": reason,
                   "metrics": {"failure_kind": "evaluator_error", "compile_errors": 0, "gpu_faults": 0},
                   "artifacts": {"traceback": traceback.format_exc()[-3000:]}}
-    if result.get("reason"):  # gitevolve reads a failure's reason from the artifacts
+    if result.get("reason"):  # also as an artifact, where every reader of the note finds it
         result.setdefault("artifacts", {}).setdefault("reason", result["reason"])
     # The leading newline ends any partial line written to our stdout before.
     sys.stdout.write("\n" + json.dumps(result) + "\n")
