@@ -30,16 +30,13 @@ from __future__ import annotations
 import argparse
 import ast
 import datetime
-import importlib.util
 import json
 import math
 import os
 import platform
-import re
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 import traceback
 from dataclasses import asdict, dataclass, field
@@ -51,7 +48,10 @@ sys.path.insert(0, str(ROOT))
 import mlx.core as mx  # noqa: E402
 import numpy as np  # noqa: E402
 
+from benchmarks.candidate_file import candidate_file  # noqa: E402
+from evaluators.gqa import guards  # noqa: E402
 from evaluators.gqa.reference import gqa_reference  # noqa: E402
+from gitevolve.mutate.tunables import parse as parse_tunables  # noqa: E402
 
 try:
     import torch
@@ -379,39 +379,22 @@ def check(fn, s: Scenario, calls: int = 2) -> dict:
 
 def load_candidate(kernel: str, file: str | None) -> tuple[object, str]:
     """A path, or a commit-ish read with `git show REV:FILE`; returns (module, where it came from)."""
-    path = Path(kernel)
-    if path.is_file():
-        source_path, where = path, str(path)
-    else:
-        inner = file or "attention.py"
-        shown = subprocess.run(["git", "show", f"{kernel}:{inner}"], capture_output=True, text=True)
-        if shown.returncode != 0:
-            raise SystemExit(f"--kernel {kernel!r} is neither a file nor a commit-ish holding {inner}: "
-                             f"{shown.stderr.strip()}")
+    inner = file or "attention.py"
+    path = candidate_file(kernel, inner)
+    where = str(path)
+    if path != Path(kernel):
         rev = subprocess.run(["git", "rev-parse", kernel], capture_output=True, text=True).stdout.strip()
-        tmp = Path(tempfile.mkdtemp(prefix="gqa-kernel-")) / Path(inner).name
-        tmp.write_text(shown.stdout)
-        source_path, where = tmp, f"{kernel}:{inner} ({rev[:12]})"
-    spec = importlib.util.spec_from_file_location(f"_gqa_bench_{os.getpid()}", source_path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
+        where = f"{kernel}:{inner} ({rev[:12]})"
+    module = guards.load_candidate(path)
     if not callable(getattr(module, "gqa_attention", None)):
         raise SystemExit(f"{where} defines no gqa_attention(queries, keys, values, scale, causal)")
     return module, where
 
 
-TUNABLE = re.compile(r"^(?P<name>[A-Za-z_]\w*)\s*=\s*(?P<value>[^#]+?)\s*#\s*gitevolve:\s*choices=(?P<choices>\[.*\])\s*$")
-
-
 def tunables(module) -> dict[str, list]:
-    """The module-level Python tunables (`NAME = VALUE  # gitevolve: choices=[...]`) and their choices."""
-    found = {}
-    for line in Path(module.__file__).read_text().splitlines():
-        m = TUNABLE.match(line)
-        if m:
-            found[m.group("name")] = ast.literal_eval(m.group("choices"))
-    return found
+    """The candidate's tunables and their choices, read as the built-in operator reads them."""
+    path = Path(module.__file__)
+    return {t.name: list(t.choices) for t in parse_tunables(path.name, path.read_text())}
 
 
 def apply_settings(module, settings: dict) -> None:
