@@ -85,8 +85,8 @@ def run(
     console.print(f"Done: {stats.evaluated} evaluated ({stats.failed} failed, {stats.migrations} migrations)"
                   + (f"; no candidate from: {skipped}" if skipped else "") + ".", highlight=False)
     if best:
-        console.print(f"Best: {best['score']:.4f} on {best['branch']} ({best['champion'][:10]}); "
-                      f"base scored {report._fmt(board['base_score'])}. See `gitevolve status`.", highlight=False)
+        console.print(f"Best: {report.format_score(best['score'])} on {best['branch']} ({best['champion'][:10]}); "
+                      f"base scored {report.format_score(board['base_score'])}. See `gitevolve status`.", highlight=False)
 
 
 @app.command()

@@ -11,6 +11,7 @@ rest. A candidate that leaves the population stays in git.
 from __future__ import annotations
 
 import math
+import statistics
 from dataclasses import dataclass, field
 
 from gitevolve.config import FeatureConfig
@@ -64,11 +65,8 @@ class Candidate:
 
 
 def _median(scores) -> float | None:
-    numbers = sorted(x for x in scores or [] if isinstance(x, (int, float)) and not isinstance(x, bool))
-    if not numbers:
-        return None
-    mid = len(numbers) // 2
-    return numbers[mid] if len(numbers) % 2 else (numbers[mid - 1] + numbers[mid]) / 2
+    numbers = [x for x in scores or [] if isinstance(x, (int, float)) and not isinstance(x, bool)]
+    return statistics.median(numbers) if numbers else None
 
 
 def pending_from_commit(sha: str, raw: bytes, seed_of: set[int]) -> Candidate:

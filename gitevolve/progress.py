@@ -10,6 +10,7 @@ from rich.table import Table
 from rich.text import Text
 
 from gitevolve.population import Candidate, Population
+from gitevolve.report import format_score
 
 if TYPE_CHECKING:
     from gitevolve.loop import Stats
@@ -27,7 +28,7 @@ def for_console(console: Console) -> Progress:
 
 
 def _score(c: Candidate | None) -> str:
-    return "-" if c is None or c.score is None else f"{c.score:.4f}"
+    return format_score(c.score if c else None)
 
 
 def _headline(population: Population, stats: Stats, total: int) -> str:

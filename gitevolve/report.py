@@ -72,7 +72,8 @@ def _row(c: Candidate) -> dict:
     return {"commit": c.sha, "island": c.island, "score": c.score, "operator": c.operator, "subject": c.subject}
 
 
-def _fmt(score: float | None) -> str:
+def format_score(score: float | None) -> str:
+    """A score as every command prints it: four decimals, '-' for none."""
     return "-" if score is None else f"{score:.4f}"
 
 
@@ -80,8 +81,8 @@ def _score_cell(row: dict) -> str:
     """The run's score, and beside it the re-measured one where `promote` measured it again:
     the best of many noisy draws is partly the luckiest."""
     if row.get("remeasured") is None:
-        return _fmt(row["score"])
-    return f"{_fmt(row['score'])} (re-measured {_fmt(row['remeasured'])})"
+        return format_score(row["score"])
+    return f"{format_score(row['score'])} (re-measured {format_score(row['remeasured'])})"
 
 
 def render_leaderboard(board: dict) -> str:
@@ -90,17 +91,17 @@ def render_leaderboard(board: dict) -> str:
         for r in board["islands"]
     ]
     lines = [
-        f"run {board['run']}: {board['candidates']} candidates from base {board['base'][:10]} (score {_fmt(board['base_score'])})",
+        f"run {board['run']}: {board['candidates']} candidates from base {board['base'][:10]} (score {format_score(board['base_score'])})",
         "",
         tabulate(rows, headers=["island", "branch", "champion", "score", "ok/failed/pending", "champion's last change"],
                  disable_numparse=True),
     ]
     if board["top"]:
-        top = [[c["commit"][:10], "seed" if c["island"] is None else c["island"], _fmt(c["score"]), c["operator"], c["subject"][:60]] for c in board["top"]]
+        top = [[c["commit"][:10], "seed" if c["island"] is None else c["island"], format_score(c["score"]), c["operator"], c["subject"][:60]] for c in board["top"]]
         lines += ["", tabulate(top, headers=["commit", "island", "score", "operator", "subject"], disable_numparse=True)]
     if board.get("models"):
         rows = [[m["model"], m["calls"], m["retries"], m["failed"], f"{m['prompt_tokens']:,} / {m['completion_tokens']:,}",
-                 m["seconds_per_reply"], f"{m['candidates']} ({m['ok']} ok)", _fmt(m["best"])] for m in board["models"]]
+                 m["seconds_per_reply"], f"{m['candidates']} ({m['ok']} ok)", format_score(m["best"])] for m in board["models"]]
         lines += ["", tabulate(rows, headers=["model", "calls", "retries", "failed", "tokens in / out", "s per reply",
                                               "candidates", "best"])]
         said = [f"{m['model']}: " + ", ".join(f"{n} {kind}" for kind, n in sorted(m["failures"].items()))
@@ -125,7 +126,7 @@ def render_show(note: dict | None, patch: str, run: str) -> str:
     if note is None:
         head = f"not evaluated in run {run!r} (no note)"
     else:
-        score = _fmt(note.get("score"))
+        score = format_score(note.get("score"))
         where = "seed" if note.get("island") is None else f"island {note['island']}"
         head = f"{note.get('status')}  score {score}  {where}  operator {note.get('operator') or '-'}"
         if note.get("reason"):

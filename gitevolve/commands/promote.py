@@ -18,6 +18,7 @@ from gitevolve.config import Config
 from gitevolve.errors import GitevolveError
 from gitevolve.loop import Evaluator
 from gitevolve.population import Candidate, Population
+from gitevolve.report import format_score
 from gitevolve.store import Store, format_message
 
 SLOT = "promote"  # its own worktree: promoting while a run evaluates must not share one
@@ -105,7 +106,7 @@ def promote(store: Store, config: Config, population: Population, candidate: Can
     base = population.candidates.get(population.base)
     score = measured.median if measured else candidate.score
     base_score = measured.base_median if measured else (base.score if base else None)
-    subject = f"Evolved {', '.join(config.files)}: score {_fmt(score)} (base {_fmt(base_score)})"
+    subject = f"Evolved {', '.join(config.files)}: score {format_score(score)} (base {format_score(base_score)})"
     message = format_message(subject, _plain(body), {"Run": store.refs.run, "Candidate": candidate.sha})
     sha = store.commit_branch(f"refs/heads/{name}", population.base, tree, message, force=force)
     return Promotion(name, sha, candidate, measured, body)
@@ -117,11 +118,11 @@ def pr_body(store: Store, population: Population, candidate: Candidate, measured
              f"(island {candidate.island}, iteration {candidate.iteration}).", ""]
     if measured:
         lines += [f"Re-measured just now, {len(measured.scores)} evaluations each, alternating with the base: "
-                  f"median score **{_fmt(measured.median)}** against **{_fmt(measured.base_median)}** for the base "
-                  f"(the run had scored it {_fmt(candidate.score)}).",
-                  f"Candidate: {', '.join(_fmt(s) for s in measured.scores)}; base: {', '.join(_fmt(s) for s in measured.base_scores)}.", ""]
+                  f"median score **{format_score(measured.median)}** against **{format_score(measured.base_median)}** for the base "
+                  f"(the run had scored it {format_score(candidate.score)}).",
+                  f"Candidate: {', '.join(format_score(s) for s in measured.scores)}; base: {', '.join(format_score(s) for s in measured.base_scores)}.", ""]
     else:
-        lines += [f"Score {_fmt(candidate.score)} against {_fmt(base.score if base else None)} for the base, "
+        lines += [f"Score {format_score(candidate.score)} against {format_score(base.score if base else None)} for the base, "
                   "as the run measured them (not re-measured).", ""]
     shared = sorted(set(candidate.metrics) & set(base.metrics if base else {}))
     numeric = [k for k in shared if isinstance(candidate.metrics[k], (int, float)) and not isinstance(candidate.metrics[k], bool)]
@@ -132,7 +133,7 @@ def pr_body(store: Store, population: Population, candidate: Candidate, measured
     lines += [f"How it got there ({len(chain)} mutations, oldest first; `git log -p {candidate.sha[:10]}` shows each):", ""]
     previous = base.score if base else None
     for c in chain:
-        lines.append(f"- `{c.sha[:10]}` {c.subject} ({_fmt(previous)} -> {_fmt(c.score)})")
+        lines.append(f"- `{c.sha[:10]}` {c.subject} ({format_score(previous)} -> {format_score(c.score)})")
         previous = c.score
     lines += ["", f"Reproduce: `gitevolve show {candidate.sha[:10]}`."]
     return "\n".join(lines)
@@ -140,7 +141,3 @@ def pr_body(store: Store, population: Population, candidate: Candidate, measured
 
 def _plain(markdown: str) -> str:
     return markdown.replace("**", "").replace("`", "")
-
-
-def _fmt(score: float | None) -> str:
-    return "-" if score is None else f"{score:.4f}"
