@@ -51,6 +51,7 @@ import numpy as np  # noqa: E402
 from benchmarks.candidate_file import candidate_file  # noqa: E402
 from evaluators.gqa import guards  # noqa: E402
 from evaluators.gqa.reference import gqa_reference  # noqa: E402
+from evaluators.gqa.timing import spread  # noqa: E402
 from gitevolve.mutate.tunables import parse as parse_tunables  # noqa: E402
 
 try:
@@ -241,12 +242,7 @@ def torch_contender(s: Scenario, sets: int) -> Contender:
 
 def _stats(seconds: list[float]) -> dict:
     us = sorted(x * 1e6 for x in seconds)
-    med = statistics.median(us)
-    iqr = 0.0
-    if len(us) >= 4:
-        q1, _, q3 = statistics.quantiles(us, n=4)
-        iqr = (q3 - q1) / med if med else 0.0
-    return {"median_us": med, "min_us": us[0], "spread": iqr, "n": len(us)}
+    return {"median_us": statistics.median(us), "min_us": us[0], "spread": spread(us), "n": len(us)}
 
 
 def time_per_call(contenders: list[Contender], rounds: int, warmup: int = 3) -> dict:
@@ -513,9 +509,9 @@ def table(results: list[dict], bw: dict) -> str:
         row += [f"{am['candidate']['median_us']:.1f}", f"{am['mlx']['median_us']:.1f}", f"{r['amortised_speedup_vs_mlx']:.2f}"]
         if has_torch:
             row += [f"{am['torch']['median_us']:.1f}", f"{r['amortised_speedup_vs_torch']:.2f}"] if "torch" in am else ["-", "-"]
-        spread = max(v["spread"] for mode in (pc, am) for v in mode.values())
+        worst = max(v["spread"] for mode in (pc, am) for v in mode.values())
         row += [f"{r['achieved_GBps']:.0f}" if "achieved_GBps" in r else "-",
-                f"{r['fraction_of_copy_bw']:.0%}" if "fraction_of_copy_bw" in r else "-", f"{spread:.0%}"]
+                f"{r['fraction_of_copy_bw']:.0%}" if "fraction_of_copy_bw" in r else "-", f"{worst:.0%}"]
         rows.append(row)
     widths = [max(len(str(row[i])) for row in rows) for i in range(len(head))]
     lines = ["  ".join(str(x).rjust(w) if i else str(x).ljust(w) for i, (x, w) in enumerate(zip(row, widths))) for row in rows]

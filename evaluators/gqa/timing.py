@@ -29,11 +29,16 @@ class Side:
 
     @property
     def spread(self) -> float:
-        """Interquartile range over the median: how noisy this side's timings were."""
-        if len(self.seconds) < 4:
-            return 0.0
-        q1, _, q3 = statistics.quantiles(self.seconds, n=4)
-        return (q3 - q1) / statistics.median(self.seconds)
+        return spread(self.seconds)
+
+
+def spread(times) -> float:
+    """Interquartile range over the median: how noisy a series of timings was (0 under 4 of them)."""
+    median = statistics.median(times) if times else 0.0
+    if len(times) < 4 or not median:
+        return 0.0
+    q1, _, q3 = statistics.quantiles(times, n=4)
+    return (q3 - q1) / median
 
 
 @dataclass(frozen=True)
