@@ -127,7 +127,7 @@ def test_every_combination_of_tunables_gives_a_valid_launch(path):
                 assert (d // lanes) % vec == 0 and vec & (vec - 1) == 0
                 assert threads % lanes == 0
                 if keys:  # a lane per key for the scores, then the warp's 32 lanes split the head dim
-                    assert module.DOT == "keys" and threads >= 32 and lanes == 32 and vec == d // 32
+                    assert module.DOT in ("keys", "mma") and threads >= 32 and lanes == 32 and vec == d // 32
                 else:
                     assert vec <= module.VEC
                 assert 1 <= splits <= module.MAX_SPLITS
@@ -178,7 +178,7 @@ def test_cuda_example_imports_without_a_gpu_and_says_which_prefill_path_runs():
     assert module.uses_mma(q)
     assert not module.uses_mma(q.astype(mx.float32))
     assert not module.uses_mma(mx.zeros((1, 40, 1, 128), dtype=mx.float16))  # decode
-    assert not module.uses_mma(mx.zeros((1, 40, 64, 72), dtype=mx.float16))  # head dim not a multiple of 16
+    assert not module.uses_mma(mx.zeros((1, 40, 64, 72), dtype=mx.float16))  # the mma kernels take head dims 64 and 128
     module.PREFILL = "vector"
     assert not module.uses_mma(q)
 
@@ -299,6 +299,9 @@ CUDA_SETTINGS = {
                         SPLIT_BLOCKS=1056, MIN_SPLIT_KEYS=32, COMBINE="atomic"),
     "two-pass-per-head": dict(THREADS=256, KEY_LANES=32, VEC=2, SHARE_KV=False, ONLINE_SOFTMAX=False, UNROLL=8,
                               SPLIT_BLOCKS=264, MIN_SPLIT_KEYS=128, COMBINE="atomic"),
+    "mma-decode": dict(THREADS=128, DOT="mma", SPLIT_BLOCKS=528, MIN_SPLIT_KEYS=64, COMBINE="atomic", PREFILL="mma"),
+    "mma-decode-kernel-merge": dict(THREADS=64, DOT="mma", SPLIT_BLOCKS=1056, MIN_SPLIT_KEYS=32, COMBINE="kernel"),
+    "mma-decode-one-split": dict(THREADS=256, DOT="mma", SPLIT_BLOCKS=0),
     "scalar-lanes": dict(THREADS=32, KEY_LANES=1, VEC=1, SHARE_KV=True, ONLINE_SOFTMAX=True, UNROLL=1,
                          SPLIT_BLOCKS=132, MIN_SPLIT_KEYS=256, COMBINE="kernel"),
 }
@@ -310,10 +313,13 @@ GPU_SHAPES = [  # (name, batch, Hq, Hkv, Lq, Lk, D, dtype, causal, cache capacit
     ("decode-8:2-d64-fp32", 1, 8, 2, 1, 1023, 64, "float32", True, 0),
     ("decode-40:8-3000-view", 1, 40, 8, 1, 3000, 128, "float16", True, 3072),
     ("decode-40:8-5", 1, 40, 8, 1, 5, 128, "float16", True, 0),
+    ("decode-24:2-d64-333", 1, 24, 2, 1, 333, 64, "float16", True, 0),  # 12 heads a group: rows 8-15 too
+    ("decode-16:1-4099-b2-bf16", 2, 16, 1, 1, 4099, 128, "bfloat16", False, 0),
     ("prefill-40:8-37-after-63", 1, 40, 8, 37, 100, 128, "float16", True, 0),
     ("prefill-16:8-130-bf16", 2, 16, 8, 130, 130, 128, "bfloat16", True, 0),
     ("prefill-16:8-77-noncausal", 1, 16, 8, 77, 77, 128, "float16", False, 0),
     ("prefill-8:2-64-fp32-d64", 1, 8, 2, 64, 64, 64, "float32", True, 0),
+    ("prefill-8:2-d64-200-after-50", 1, 8, 2, 200, 250, 64, "float16", True, 0),
 ]
 
 

@@ -47,8 +47,14 @@ UNROLL = 1  # gitevolve: choices=[1, 2, 4, 8]
 # with shuffles. "keys": each lane of a warp takes a whole key for its scores (the queries in
 # shared memory), then the lanes split the head dim for the values: no shuffle per key, 32 keys
 # a step, always one pass (needs THREADS >= 32; KEY_LANES, VEC, UNROLL and ONLINE_SOFTMAX are
-# then fixed by the head dim).
-DOT = "lanes"  # gitevolve: choices=["lanes", "keys"]
+# then fixed by the head dim). "mma": decode (one query row) on the tensor cores, the GQA group as
+# the rows of an mma tile (float16/bfloat16, head dim 64 or 128, at most 16 query heads per KV
+# head, THREADS >= 32; other calls take "keys").
+DOT = "lanes"  # gitevolve: choices=["lanes", "keys", "mma"]
+
+# DOT = "mma": 16-key tiles each warp has in its shared-memory ring (STAGES - 1 are in flight while
+# it computes one); capped so that the ring fits in shared memory.
+STAGES = 2  # gitevolve: choices=[2, 3, 4, 6]
 
 # Split the keys (flash-decoding) until about this many blocks run; 0 never splits. A split
 # holds at least MIN_SPLIT_KEYS keys, and there are at most 256 splits.
@@ -60,7 +66,7 @@ MIN_SPLIT_KEYS = 256  # gitevolve: choices=[32, 64, 128, 256, 512, 1024]
 COMBINE = "kernel"  # gitevolve: choices=["atomic", "kernel"]
 
 # ---- Prefill (Lq > 1): "vector" uses the kernel above; "mma" a tiled kernel on the tensor cores
-# (float16/bfloat16, head dim a multiple of 16 up to 128; other inputs take the vector kernel).
+# (float16/bfloat16, head dim 64 or 128; other inputs take the vector kernel).
 PREFILL = "vector"  # gitevolve: choices=["vector", "mma"]
 
 MAX_SPLITS = 256
@@ -89,6 +95,55 @@ __device__ __forceinline__ void gqa_load(const T* p, int64_t stride, bool fast, 
 #pragma unroll
     for (int i = 0; i < N; ++i) out[i] = gqa_float(p[i * stride]);
   }
+}
+
+// Split-K: the last block of a row's splits to finish (an atomic ticket, as in CUDA's
+// threadFenceReduction sample) merges their partial results, laid out as (max, sum, -, -, D values)
+// per split, into the HEADS output rows row0, row0 + row_step, ... Then it sets the ticket back to
+// zero for the next call that draws it. `scratch` holds 2 * HEADS * MAX_SPLITS floats.
+template <typename T, int D, int HEADS, int THREADS, int MAX_SPLITS>
+__device__ void gqa_merge_if_last(const float* partials, T* out, int* ticket, int64_t row0, int64_t row_step,
+                                  int nsplit, float* scratch) {
+  constexpr int P = D + 4;
+  __shared__ bool last;
+  const int tid = threadIdx.x;
+  __threadfence();
+  __syncthreads();
+  if (tid == 0) last = atomicAdd(ticket, 1) == nsplit - 1;
+  __syncthreads();
+  if (!last) return;
+  __threadfence();
+  float* wm = scratch;
+  float* wl = scratch + HEADS * MAX_SPLITS;
+  for (int i = tid; i < HEADS * nsplit; i += THREADS) {
+    const float* part = partials + ((row0 + (int64_t)(i / nsplit) * row_step) * nsplit + i % nsplit) * P;
+    wm[i] = __ldcg(part);
+    wl[i] = __ldcg(part + 1);
+  }
+  __syncthreads();
+  for (int j = tid; j < HEADS; j += THREADS) {
+    float* w = wm + j * nsplit;
+    float best = -1e30f, total = 0.f;
+    for (int s = 0; s < nsplit; ++s) best = fmaxf(best, w[s]);
+    for (int s = 0; s < nsplit; ++s) { w[s] = exp2f(w[s] - best); total += w[s] * wl[j * nsplit + s]; }
+    const float inv = total > 0.f ? 1.f / total : 0.f;
+    for (int s = 0; s < nsplit; ++s) w[s] *= inv;
+  }
+  __syncthreads();
+  for (int i = tid; i < HEADS * D / 4; i += THREADS) {
+    const int j = i / (D / 4), d = (i % (D / 4)) * 4;
+    const float* part = partials + (row0 + (int64_t)j * row_step) * nsplit * P + 4 + d;
+    float4 o = make_float4(0.f, 0.f, 0.f, 0.f);
+#pragma unroll 8
+    for (int s = 0; s < nsplit; ++s) {
+      const float4 x = __ldcg(reinterpret_cast<const float4*>(part + s * P));
+      const float w = wm[j * nsplit + s];
+      o.x += w * x.x; o.y += w * x.y; o.z += w * x.z; o.w += w * x.w;
+    }
+    T* dst = out + (row0 + (int64_t)j * row_step) * D + d;
+    dst[0] = gqa_cast<T>(o.x); dst[1] = gqa_cast<T>(o.y); dst[2] = gqa_cast<T>(o.z); dst[3] = gqa_cast<T>(o.w);
+  }
+  if (tid == 0) *ticket = 0;
 }
 """
 
@@ -392,47 +447,9 @@ VECTOR_SOURCE = r"""
     part[1] = row_l[j];
   }
   if constexpr (ATOMIC) {
-    // ... and the last block of this row to finish merges them all (threadFenceReduction);
-    // otherwise the second kernel does.
-    __shared__ bool last;
-    __threadfence();
-    __syncthreads();
-    int* ticket = const_cast<int*>(counters) + blockIdx.y * gridDim.z + qi;
-    if (tid == 0) last = atomicAdd(ticket, 1) == nsplit - 1;
-    __syncthreads();
-    if (!last) return;
-    __threadfence();
-    float* wm = big;
-    float* wl = big + HEADS * MAX_SPLITS;
-    for (int i = tid; i < HEADS * nsplit; i += THREADS) {
-      const float* part = partials + ((row0 + (int64_t)(i / nsplit) * Lq) * nsplit + i % nsplit) * P;
-      wm[i] = __ldcg(part);
-      wl[i] = __ldcg(part + 1);
-    }
-    __syncthreads();
-    for (int j = tid; j < HEADS; j += THREADS) {
-      float* w = wm + j * nsplit;
-      float best = START, total = 0.f;
-      for (int s = 0; s < nsplit; ++s) best = fmaxf(best, w[s]);
-      for (int s = 0; s < nsplit; ++s) { w[s] = exp2f(w[s] - best); total += w[s] * wl[j * nsplit + s]; }
-      const float inv = total > 0.f ? 1.f / total : 0.f;
-      for (int s = 0; s < nsplit; ++s) w[s] *= inv;
-    }
-    __syncthreads();
-    for (int i = tid; i < HEADS * D / 4; i += THREADS) {
-      const int j = i / (D / 4), d = (i % (D / 4)) * 4;
-      const float* part = partials + (row0 + (int64_t)j * Lq) * nsplit * P + 4 + d;
-      float4 o = make_float4(0.f, 0.f, 0.f, 0.f);
-#pragma unroll 8
-      for (int s = 0; s < nsplit; ++s) {
-        const float4 x = __ldcg(reinterpret_cast<const float4*>(part + s * P));
-        const float w = wm[j * nsplit + s];
-        o.x += w * x.x; o.y += w * x.y; o.z += w * x.z; o.w += w * x.w;
-      }
-      T* dst = out + (row0 + (int64_t)j * Lq) * D + d;
-      dst[0] = gqa_cast<T>(o.x); dst[1] = gqa_cast<T>(o.y); dst[2] = gqa_cast<T>(o.z); dst[3] = gqa_cast<T>(o.w);
-    }
-    if (tid == 0) *ticket = 0;  // ready for the next call that draws this counter
+    // ... and the last block of this row to finish merges them all; otherwise the second kernel does.
+    gqa_merge_if_last<T, D, HEADS, THREADS, MAX_SPLITS>(
+        partials, out, const_cast<int*>(counters) + blockIdx.y * gridDim.z + qi, row0, Lq, nsplit, big);
   }
 """
 
@@ -472,6 +489,38 @@ __device__ __forceinline__ uint32_t gqa_pack(float lo, float hi) {
 template <typename T>
 __device__ __forceinline__ uint32_t gqa_pack_raw(T lo, T hi) { return gqa_bits(lo) | (gqa_bits(hi) << 16); }
 
+// Four packed pairs from 16 bytes of shared memory.
+template <typename T>
+__device__ __forceinline__ void gqa_lds128(const T* p, uint32_t (&w)[4]) {
+  const uint4 x = *reinterpret_cast<const uint4*>(p);
+  w[0] = x.x; w[1] = x.y; w[2] = x.z; w[3] = x.w;
+}
+
+// 16 bytes from global to shared memory without a trip through registers; zeros when not `valid`.
+__device__ __forceinline__ void gqa_cp_async16(void* smem, const void* gmem, bool valid) {
+  const unsigned dst = static_cast<unsigned>(__cvta_generic_to_shared(smem));
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(gmem), "r"(valid ? 16 : 0));
+}
+__device__ __forceinline__ void gqa_cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
+// Wait until at most N of this thread's cp.async groups are still in flight.
+template <int N>
+__device__ __forceinline__ void gqa_cp_async_wait() { asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory"); }
+
+// Eight consecutive elements of a row (element stride `stride`) as four packed pairs: one 16-byte
+// load when `fast` (unit stride, aligned), zeros when not `valid`.
+template <typename T>
+__device__ __forceinline__ void gqa_load8_bits(const T* p, int64_t stride, bool fast, bool valid, uint32_t (&w)[4]) {
+  if (!valid) {
+    w[0] = w[1] = w[2] = w[3] = 0u;
+  } else if (fast) {
+    const uint4 x = __ldcs(reinterpret_cast<const uint4*>(p));  // streamed: each byte is read once
+    w[0] = x.x; w[1] = x.y; w[2] = x.z; w[3] = x.w;
+  } else {
+#pragma unroll
+    for (int i = 0; i < 4; ++i) w[i] = gqa_pack_raw<T>(p[2 * i * stride], p[(2 * i + 1) * stride]);
+  }
+}
+
 // d += a * b for one m16n8k16 tile, float accumulators (PTX ISA fragment layouts).
 __device__ __forceinline__ void gqa_mma(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1, __half) {
   asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
@@ -485,34 +534,277 @@ __device__ __forceinline__ void gqa_mma(float (&d)[4], const uint32_t (&a)[4], u
 }
 """
 
-# Flash-attention style prefill on the tensor cores (mma.sync m16n8k16): a block of 4 warps takes
-# 64 query rows of one head (16 rows a warp) and walks the keys in tiles of 64 staged in shared
-# memory (V transposed), with an online softmax in registers. Template arguments: T, D, CAUSAL.
-MMA_SOURCE = r"""
-  constexpr int BQ = 64, BK = 64, KP = D + 8, VP = BK + 8;
+# Decode (Lq = 1) on the tensor cores: the G query heads of a KV head are the rows of an m16n8k16
+# tile (G <= 16), so each key and value is read from memory once for the whole group. Each warp
+# walks 16-key tiles of its block's split, copying them with cp.async into its own ring of STAGES
+# tiles in shared memory, so STAGES - 1 tiles are in flight while it computes one (the loads are
+# what bounds decode; registers alone cannot hold that many). A dot product does not care in which
+# order it adds the head dim, so lane (g, t) takes dims [32i + 8t, +8) of key g of an 8-key tile,
+# with the query fragments gathered in the same order; for P V the value tile's columns are ordered
+# so that lane (g, t) takes dims [64c + 8g, +8) of keys 2t, 2t+1, 2t+8, 2t+9 and only pairs them
+# up with byte permutes. Every fragment is one 16-byte shared load, and the chunks of a row are
+# XOR-swizzled so that those loads are free of bank conflicts. The warps then merge through
+# shared memory, and the splits as in the vector kernel.
+# Template arguments: T, D (64 or 128), G, THREADS, STAGES, ATOMIC, MAX_SPLITS.
+DECODE_MMA_SOURCE = r"""
+  constexpr int WARPS = THREADS / 32, P = D + 4, KC = D / 32, VC = D / 64;
+  constexpr int MERGE_FLOATS = G * D > 2 * G * MAX_SPLITS ? G * D : 2 * G * MAX_SPLITS;
+  constexpr bool TWO = G > 8;  // the tile's rows 8..15 hold query heads too
   constexpr float LOG2E = 1.4426950408889634f;
   const float NEG_INF = -__int_as_float(0x7f800000);
-  __shared__ __align__(16) T ks[BK * KP];
-  __shared__ __align__(16) T vt[D * VP];
+
+  const int Hq = queries_shape[1], Hkv = keys_shape[1], Lk = keys_shape[2];
+  const int nsplit = gridDim.x, split = blockIdx.x;
+  const int b = blockIdx.y / Hkv, kvh = blockIdx.y % Hkv, h0 = kvh * G;
+  const int tid = threadIdx.x, warp = tid / 32, g = (tid % 32) / 4, t = tid % 4;
+
+  // This block's keys: whole 16-key tiles, so only a split's last tile is partly past its end.
+  const int per = ((Lk + nsplit - 1) / nsplit + 15) / 16 * 16;
+  const int k_begin = min(Lk, split * per);
+  const int n = min(Lk, k_begin + per) - k_begin;
+
+  const T* kbase = keys + b * keys_strides[0] + kvh * keys_strides[1] + k_begin * keys_strides[2];
+  const T* vbase = values + b * values_strides[0] + kvh * values_strides[1] + k_begin * values_strides[2];
+  const int64_t krow = keys_strides[2], vrow = values_strides[2], kcol = keys_strides[3], vcol = values_strides[3];
+  const bool fast_k = kcol == 1 && krow % 8 == 0 && reinterpret_cast<uintptr_t>(kbase) % 16 == 0;
+  const bool fast_v = vcol == 1 && vrow % 8 == 0 && reinterpret_cast<uintptr_t>(vbase) % 16 == 0;
+  const float sl2 = scale[0] * LOG2E;
+
+  // Query fragments: qa[s] is the A operand of k-step s (rows g and g + 8 of the tile).
+  uint32_t qa[D / 16][4];
+  {
+    const T* qb = queries + b * queries_strides[0];
+#pragma unroll
+    for (int half = 0; half < 2; ++half) {
+      const int row = g + 8 * half;
+#pragma unroll
+      for (int i = 0; i < KC; ++i) {
+        uint32_t w[4];
+        gqa_load8_bits(qb + (h0 + row) * queries_strides[1] + (32 * i + 8 * t) * queries_strides[3],
+                       queries_strides[3], false, row < G, w);
+        qa[2 * i][half] = w[0];
+        qa[2 * i][2 + half] = w[1];
+        qa[2 * i + 1][half] = w[2];
+        qa[2 * i + 1][2 + half] = w[3];
+      }
+    }
+  }
+
+  float o[D / 8][4];
+#pragma unroll
+  for (int j = 0; j < D / 8; ++j) o[j][0] = o[j][1] = o[j][2] = o[j][3] = 0.f;
+  float m0 = -1e30f, m1 = -1e30f, l0 = 0.f, l1 = 0.f;  // finite start: exp2(m - m) is 1, never NaN
+
+  // This warp's ring: STAGES x (a K tile, then a V tile), 16 rows of D elements each. Row r's
+  // 16-byte chunk c sits at chunk c ^ ((r & 1) << 2) for K and c ^ (r & 6) for V.
+  constexpr int TILE = 16 * D, CHUNKS = D / 8;
+  extern __shared__ __align__(16) unsigned char gqa_smem[];
+  T* ring = reinterpret_cast<T*>(gqa_smem) + warp * STAGES * 2 * TILE;
+  const int lane = tid % 32, ntiles = (n + 15) / 16;
+  const int mine = ntiles > warp ? (ntiles - warp + WARPS - 1) / WARPS : 0;  // warp-uniform
+  auto fetch = [&](int it) {  // this warp's tile `it` into its stage; one cp.async group either way
+    const int k0 = (warp + it * WARPS) * 16;
+    T* kd = ring + (it % STAGES) * 2 * TILE;
+    T* vd = kd + TILE;
+    if (it < mine) {
+      for (int i = lane; i < 16 * CHUNKS; i += 32) {
+        const int row = i / CHUNKS, c = i % CHUNKS, key = k0 + row;
+        T* kdst = kd + row * D + (c ^ ((row & 1) << 2)) * 8;
+        T* vdst = vd + row * D + (c ^ (row & 6)) * 8;
+        if (fast_k && fast_v) {
+          gqa_cp_async16(kdst, kbase + min(key, n - 1) * krow + c * 8, key < n);
+          gqa_cp_async16(vdst, vbase + min(key, n - 1) * vrow + c * 8, key < n);
+        } else {
+#pragma unroll
+          for (int e = 0; e < 8; ++e) {
+            kdst[e] = key < n ? kbase[key * krow + (c * 8 + e) * kcol] : gqa_cast<T>(0.f);
+            vdst[e] = key < n ? vbase[key * vrow + (c * 8 + e) * vcol] : gqa_cast<T>(0.f);
+          }
+        }
+      }
+    }
+    gqa_cp_async_commit();
+  };
+  for (int it = 0; it < STAGES - 1; ++it) fetch(it);
+
+  for (int it = 0; it < mine; ++it) {
+    fetch(it + STAGES - 1);
+    gqa_cp_async_wait<STAGES - 1>();  // this lane's copies of tile `it` have landed ...
+    __syncwarp();                      // ... and so have the other lanes'
+    const int k0 = (warp + it * WARPS) * 16;
+    const T* ks = ring + (it % STAGES) * 2 * TILE;
+    const T* vs = ks + TILE;
+    uint32_t kr[2][KC][4], vr[4][VC][4];
+#pragma unroll
+    for (int nt = 0; nt < 2; ++nt)
+#pragma unroll
+      for (int i = 0; i < KC; ++i) gqa_lds128(ks + (nt * 8 + g) * D + ((4 * i + t) ^ ((g & 1) << 2)) * 8, kr[nt][i]);
+#pragma unroll
+    for (int r = 0; r < 4; ++r) {
+      const int row = 2 * t + (r & 1) + 8 * (r >> 1);
+#pragma unroll
+      for (int c = 0; c < VC; ++c) gqa_lds128(vs + row * D + ((8 * c + g) ^ (row & 6)) * 8, vr[r][c]);
+    }
+
+    // S = Q K^T: rows are query heads, columns keys k0 + 8 nt + 2t + (0, 1).
+    float s[2][4];
+#pragma unroll
+    for (int nt = 0; nt < 2; ++nt) {
+      s[nt][0] = s[nt][1] = s[nt][2] = s[nt][3] = 0.f;
+#pragma unroll
+      for (int i = 0; i < KC; ++i) {
+        gqa_mma(s[nt], qa[2 * i], kr[nt][i][0], kr[nt][i][1], T());
+        gqa_mma(s[nt], qa[2 * i + 1], kr[nt][i][2], kr[nt][i][3], T());
+      }
+    }
+    float top0 = m0, top1 = m1;
+#pragma unroll
+    for (int nt = 0; nt < 2; ++nt)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        s[nt][e] = k0 + nt * 8 + 2 * t + (e & 1) < n ? s[nt][e] * sl2 : NEG_INF;
+        if (e < 2) top0 = fmaxf(top0, s[nt][e]); else top1 = fmaxf(top1, s[nt][e]);
+      }
+    top0 = fmaxf(top0, __shfl_xor_sync(0xffffffffu, top0, 1));
+    top0 = fmaxf(top0, __shfl_xor_sync(0xffffffffu, top0, 2));
+    if constexpr (TWO) {
+      top1 = fmaxf(top1, __shfl_xor_sync(0xffffffffu, top1, 1));
+      top1 = fmaxf(top1, __shfl_xor_sync(0xffffffffu, top1, 2));
+    }
+    const float c0 = exp2f(m0 - top0), c1 = TWO ? exp2f(m1 - top1) : 1.f;
+    m0 = top0;
+    m1 = top1;
+    l0 *= c0;
+    l1 *= c1;
+#pragma unroll
+    for (int j = 0; j < D / 8; ++j) { o[j][0] *= c0; o[j][1] *= c0; if (TWO) { o[j][2] *= c1; o[j][3] *= c1; } }
+#pragma unroll
+    for (int nt = 0; nt < 2; ++nt) {
+      s[nt][0] = exp2f(s[nt][0] - m0);
+      s[nt][1] = exp2f(s[nt][1] - m0);
+      s[nt][2] = TWO ? exp2f(s[nt][2] - m1) : 0.f;
+      s[nt][3] = TWO ? exp2f(s[nt][3] - m1) : 0.f;
+      l0 += s[nt][0] + s[nt][1];
+      l1 += s[nt][2] + s[nt][3];
+    }
+
+    // O += P V. B operand of column tile j: V[keys 2t, 2t+1 (and +8)][dim 64 (j / 8) + 8 g + j % 8],
+    // paired from the rows loaded above with byte permutes.
+    const uint32_t pa[4] = {gqa_pack<T>(s[0][0], s[0][1]), gqa_pack<T>(s[0][2], s[0][3]),
+                            gqa_pack<T>(s[1][0], s[1][1]), gqa_pack<T>(s[1][2], s[1][3])};
+#pragma unroll
+    for (int j = 0; j < D / 8; ++j) {
+      const int c = j / 8, w = (j % 8) / 2;
+      const unsigned sel = (j % 2) ? 0x7632u : 0x5410u;
+      gqa_mma(o[j], pa, __byte_perm(vr[0][c][w], vr[1][c][w], sel), __byte_perm(vr[2][c][w], vr[3][c][w], sel), T());
+    }
+    __syncwarp();  // every lane is done with this stage before it is refilled
+  }
+  gqa_cp_async_wait<0>();  // the groups committed past the last tile are empty; none is left behind
+  l0 += __shfl_xor_sync(0xffffffffu, l0, 1);
+  l0 += __shfl_xor_sync(0xffffffffu, l0, 2);
+  l1 += __shfl_xor_sync(0xffffffffu, l1, 1);
+  l1 += __shfl_xor_sync(0xffffffffu, l1, 2);
+
+  // Merge the warps: a common maximum per row, then each warp in turn adds its rescaled values.
+  // Lane (g, t) holds dims 64 (j / 8) + 8 (2t + e) + j % 8 of rows g and g + 8. All of it lives in
+  // the dynamic shared memory, the rings' once every warp is done with its own (MLX opts a kernel
+  // in to more than 48 KiB of shared memory only by its dynamic size).
+  __syncthreads();
+  float* acc = reinterpret_cast<float*>(gqa_smem);  // G x D values; later the merge's scratch
+  float (*wm)[16] = reinterpret_cast<float (*)[16]>(acc + MERGE_FLOATS);
+  float (*wl)[16] = wm + WARPS;
+  float* row_m = &wl[WARPS][0];
+  float* row_l = row_m + G;
+  for (int i = tid; i < G * D; i += THREADS) acc[i] = 0.f;
+  if (t == 0) {
+    wm[warp][g] = m0; wl[warp][g] = l0;
+    wm[warp][g + 8] = m1; wl[warp][g + 8] = l1;
+  }
+  __syncthreads();
+  float best0 = -1e30f, best1 = -1e30f;
+#pragma unroll
+  for (int w = 0; w < WARPS; ++w) { best0 = fmaxf(best0, wm[w][g]); best1 = fmaxf(best1, wm[w][g + 8]); }
+  const float f0 = exp2f(m0 - best0), f1 = exp2f(m1 - best1);
+  for (int w = 0; w < WARPS; ++w) {
+    if (w == warp) {
+#pragma unroll
+      for (int j = 0; j < D / 8; ++j)
+#pragma unroll
+        for (int e = 0; e < 2; ++e) {
+          const int d = 64 * (j / 8) + 8 * (2 * t + e) + j % 8;
+          if (g < G) acc[g * D + d] += o[j][e] * f0;
+          if (TWO && g + 8 < G) acc[(g + 8) * D + d] += o[j][2 + e] * f1;
+        }
+    }
+    __syncthreads();
+  }
+  for (int j = tid; j < G; j += THREADS) {
+    float best = -1e30f, total = 0.f;
+    for (int w = 0; w < WARPS; ++w) best = fmaxf(best, wm[w][j]);
+    for (int w = 0; w < WARPS; ++w) total += wl[w][j] * exp2f(wm[w][j] - best);
+    row_m[j] = best;
+    row_l[j] = total;
+  }
+  __syncthreads();
+
+  const int64_t row0 = (int64_t)b * Hq + h0;  // output row of query head h0 + j: row0 + j
+  if (nsplit == 1) {
+    for (int i = tid; i < G * D; i += THREADS)
+      out[row0 * D + i] = gqa_cast<T>(row_l[i / D] > 0.f ? acc[i] / row_l[i / D] : 0.f);
+    return;
+  }
+  for (int i = tid; i < G * D; i += THREADS)
+    partials[((row0 + i / D) * nsplit + split) * P + 4 + i % D] = acc[i];
+  for (int j = tid; j < G; j += THREADS) {
+    float* part = partials + ((row0 + j) * nsplit + split) * P;
+    part[0] = row_m[j];
+    part[1] = row_l[j];
+  }
+  if constexpr (ATOMIC)  // its first barrier also keeps acc, now its scratch, until every thread is done with it
+    gqa_merge_if_last<T, D, G, THREADS, MAX_SPLITS>(partials, out, const_cast<int*>(counters) + blockIdx.y, row0, 1,
+                                                   nsplit, acc);
+"""
+
+# Flash-attention style prefill on the tensor cores (mma.sync m16n8k16): a block of 4 warps takes
+# 64 query rows of one head (16 rows a warp) and walks the keys in tiles of 64, copied into two
+# stages of shared memory with cp.async (the next tile's copy overlaps this one's use), with an
+# online softmax in registers. The head dim is ordered as in the
+# decode kernel, so every fragment comes from one 16-byte shared load (V is never transposed), and
+# the row pitches keep those loads free of bank conflicts. Template arguments: T, D (64 or 128),
+# CAUSAL.
+MMA_SOURCE = r"""
+  constexpr int BQ = 64, BK = 64, KP = D + 32, VP = D + 8, KC = D / 32, VC = D / 64;
+  constexpr float LOG2E = 1.4426950408889634f;
+  const float NEG_INF = -__int_as_float(0x7f800000);
+  extern __shared__ __align__(16) unsigned char gqa_smem[];  // two stages of (K tile, V tile)
+  T* const stage0 = reinterpret_cast<T*>(gqa_smem);
+  constexpr int STAGE = BK * KP + BK * VP;
 
   const int Hq = queries_shape[1], Lq = queries_shape[2], Hkv = keys_shape[1], Lk = keys_shape[2];
   const int qt = gridDim.x - 1 - blockIdx.x;  // the longest causal rows start first
   const int b = blockIdx.y / Hq, h = blockIdx.y % Hq, kvh = h / (Hq / Hkv);
-  const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32, g = lane / 4, c = lane % 4;
+  const int tid = threadIdx.x, warp = tid / 32, g = (tid % 32) / 4, t = tid % 4;
   const int r0 = qt * BQ + warp * 16 + g, r1 = r0 + 8;  // this lane's two rows
   const float sl2 = scale[0] * LOG2E;
 
-  // Queries as A fragments, one per 16 columns of D.
+  // Queries as A fragments, the head dim in the order the key fragments are loaded in.
   uint32_t qa[D / 16][4];
   const T* qb = queries + b * queries_strides[0] + h * queries_strides[1];
-  const int64_t qrs = queries_strides[2], qcs = queries_strides[3];
 #pragma unroll
-  for (int kk = 0; kk < D / 16; ++kk)
+  for (int half = 0; half < 2; ++half) {
+    const int row = half ? r1 : r0;
 #pragma unroll
-    for (int r = 0; r < 4; ++r) {
-      const int row = (r & 1) ? r1 : r0, col = kk * 16 + c * 2 + ((r & 2) ? 8 : 0);
-      qa[kk][r] = row < Lq ? gqa_pack_raw<T>(qb[row * qrs + col * qcs], qb[row * qrs + (col + 1) * qcs]) : 0u;
+    for (int i = 0; i < KC; ++i) {
+      uint32_t w[4];
+      gqa_load8_bits(qb + row * queries_strides[2] + (32 * i + 8 * t) * queries_strides[3], queries_strides[3],
+                     false, row < Lq, w);
+      qa[2 * i][half] = w[0];
+      qa[2 * i][2 + half] = w[1];
+      qa[2 * i + 1][half] = w[2];
+      qa[2 * i + 1][2 + half] = w[3];
     }
+  }
 
   const T* kb = keys + b * keys_strides[0] + kvh * keys_strides[1];
   const T* vb = values + b * values_strides[0] + kvh * values_strides[1];
@@ -527,44 +819,53 @@ MMA_SOURCE = r"""
   for (int i = 0; i < D / 8; ++i) o[i][0] = o[i][1] = o[i][2] = o[i][3] = 0.f;
   float m0 = -1e30f, m1 = -1e30f, l0 = 0.f, l1 = 0.f;
 
-  for (int k0 = 0; k0 < kmax; k0 += BK) {
-    __syncthreads();  // the previous tile is consumed
+  // Tile k0 / BK into stage (k0 / BK) % 2; the next tile's copy runs while this one is used.
+  auto fetch = [&](int k0) {
+    T* ks = stage0 + (k0 / BK % 2) * STAGE;
+    T* vs = ks + BK * KP;
     for (int i = tid; i < BK * D / 8; i += 128) {
       const int row = i / (D / 8), col = (i % (D / 8)) * 8, key = k0 + row;
-      GqaVec<T, 8> kv, vv;
-      if (key < Lk && fast) {
-        kv = *reinterpret_cast<const GqaVec<T, 8>*>(kb + key * krs + col);
-        vv = *reinterpret_cast<const GqaVec<T, 8>*>(vb + key * vrs + col);
+      if (fast) {
+        gqa_cp_async16(ks + row * KP + col, kb + min(key, Lk - 1) * krs + col, key < Lk);
+        gqa_cp_async16(vs + row * VP + col, vb + min(key, Lk - 1) * vrs + col, key < Lk);
       } else {
 #pragma unroll
         for (int e = 0; e < 8; ++e) {
-          kv.v[e] = key < Lk ? kb[key * krs + (col + e) * kcs] : gqa_cast<T>(0.f);
-          vv.v[e] = key < Lk ? vb[key * vrs + (col + e) * vcs] : gqa_cast<T>(0.f);
+          ks[row * KP + col + e] = key < Lk ? kb[key * krs + (col + e) * kcs] : gqa_cast<T>(0.f);
+          vs[row * VP + col + e] = key < Lk ? vb[key * vrs + (col + e) * vcs] : gqa_cast<T>(0.f);
         }
       }
-      *reinterpret_cast<GqaVec<T, 8>*>(ks + row * KP + col) = kv;
-#pragma unroll
-      for (int e = 0; e < 8; ++e) vt[(col + e) * VP + row] = vv.v[e];
     }
-    __syncthreads();
+    gqa_cp_async_commit();
+  };
+  if (kmax > 0) fetch(0);
+  for (int k0 = 0; k0 < kmax; k0 += BK) {
+    __syncthreads();  // every warp is done with the stage the next fetch overwrites
+    if (k0 + BK < kmax) fetch(k0 + BK); else gqa_cp_async_commit();
+    gqa_cp_async_wait<1>();  // this thread's copies of tile k0 have landed ...
+    __syncthreads();         // ... and every other thread's
+    const T* ks = stage0 + (k0 / BK % 2) * STAGE;
+    const T* vs = ks + BK * KP;
 
     // S = Q K^T for this warp's 16 rows and the tile's 64 keys.
     float s[BK / 8][4];
 #pragma unroll
     for (int nt = 0; nt < BK / 8; ++nt) {
       s[nt][0] = s[nt][1] = s[nt][2] = s[nt][3] = 0.f;
-      const T* krow = ks + (nt * 8 + g) * KP + c * 2;
 #pragma unroll
-      for (int kk = 0; kk < D / 16; ++kk)
-        gqa_mma(s[nt], qa[kk], *reinterpret_cast<const uint32_t*>(krow + kk * 16),
-                *reinterpret_cast<const uint32_t*>(krow + kk * 16 + 8), T());
+      for (int i = 0; i < KC; ++i) {
+        uint32_t w[4];
+        gqa_lds128(ks + (nt * 8 + g) * KP + 32 * i + 8 * t, w);
+        gqa_mma(s[nt], qa[2 * i], w[0], w[1], T());
+        gqa_mma(s[nt], qa[2 * i + 1], w[2], w[3], T());
+      }
     }
     float top0 = m0, top1 = m1;
 #pragma unroll
     for (int nt = 0; nt < BK / 8; ++nt)
 #pragma unroll
       for (int e = 0; e < 4; ++e) {
-        const int key = k0 + nt * 8 + c * 2 + (e & 1), row = e < 2 ? r0 : r1;
+        const int key = k0 + nt * 8 + t * 2 + (e & 1), row = e < 2 ? r0 : r1;
         const bool ok = key < Lk && (!CAUSAL || key <= row + Lk - Lq);
         s[nt][e] = ok ? s[nt][e] * sl2 : NEG_INF;
         if (e < 2) top0 = fmaxf(top0, s[nt][e]); else top1 = fmaxf(top1, s[nt][e]);
@@ -590,16 +891,24 @@ MMA_SOURCE = r"""
       l0 += s[nt][0] + s[nt][1];
       l1 += s[nt][2] + s[nt][3];
     }
-    // O += P V: the score tiles of keys 16kk..16kk+15 are the A fragment of step kk.
+    // O += P V: the score tiles of keys 16kk..16kk+15 are the A fragment of step kk; the B operand
+    // of column tile j pairs keys 2t, 2t+1 (and +8) at dim 64 (j / 8) + 8 g + j % 8.
 #pragma unroll
     for (int kk = 0; kk < BK / 16; ++kk) {
       const uint32_t pa[4] = {gqa_pack<T>(s[2 * kk][0], s[2 * kk][1]), gqa_pack<T>(s[2 * kk][2], s[2 * kk][3]),
                               gqa_pack<T>(s[2 * kk + 1][0], s[2 * kk + 1][1]),
                               gqa_pack<T>(s[2 * kk + 1][2], s[2 * kk + 1][3])};
+      uint32_t vr[4][VC][4];
 #pragma unroll
-      for (int dt = 0; dt < D / 8; ++dt) {
-        const T* vrow = vt + (dt * 8 + g) * VP + kk * 16 + c * 2;
-        gqa_mma(o[dt], pa, *reinterpret_cast<const uint32_t*>(vrow), *reinterpret_cast<const uint32_t*>(vrow + 8), T());
+      for (int r = 0; r < 4; ++r)
+#pragma unroll
+        for (int c = 0; c < VC; ++c)
+          gqa_lds128(vs + (kk * 16 + 2 * t + (r & 1) + 8 * (r >> 1)) * VP + 64 * c + 8 * g, vr[r][c]);
+#pragma unroll
+      for (int j = 0; j < D / 8; ++j) {
+        const int c = j / 8, w = (j % 8) / 2;
+        const unsigned sel = (j % 2) ? 0x7632u : 0x5410u;
+        gqa_mma(o[j], pa, __byte_perm(vr[0][c][w], vr[1][c][w], sel), __byte_perm(vr[2][c][w], vr[3][c][w], sel), T());
       }
     }
   }
@@ -609,31 +918,48 @@ MMA_SOURCE = r"""
   l1 += __shfl_xor_sync(0xffffffffu, l1, 1);
   l1 += __shfl_xor_sync(0xffffffffu, l1, 2);
   const float i0 = l0 > 0.f ? 1.f / l0 : 0.f, i1 = l1 > 0.f ? 1.f / l1 : 0.f;
+  // Lane (g, t) holds dims 64 c + 8 (2t + e) + 0..7 of its rows: one 16-byte store each.
   T* ob = out + ((int64_t)b * Hq + h) * Lq * D;
 #pragma unroll
-  for (int dt = 0; dt < D / 8; ++dt) {
-    const int col = dt * 8 + c * 2;
-    if (r0 < Lq) {
-      ob[(int64_t)r0 * D + col] = gqa_cast<T>(o[dt][0] * i0);
-      ob[(int64_t)r0 * D + col + 1] = gqa_cast<T>(o[dt][1] * i0);
+  for (int c = 0; c < VC; ++c)
+#pragma unroll
+    for (int e = 0; e < 2; ++e) {
+      const int col = 64 * c + 8 * (2 * t + e);
+      if (r0 < Lq) {
+        uint4 x;
+        x.x = gqa_pack<T>(o[8 * c][e] * i0, o[8 * c + 1][e] * i0);
+        x.y = gqa_pack<T>(o[8 * c + 2][e] * i0, o[8 * c + 3][e] * i0);
+        x.z = gqa_pack<T>(o[8 * c + 4][e] * i0, o[8 * c + 5][e] * i0);
+        x.w = gqa_pack<T>(o[8 * c + 6][e] * i0, o[8 * c + 7][e] * i0);
+        *reinterpret_cast<uint4*>(ob + (int64_t)r0 * D + col) = x;
+      }
+      if (r1 < Lq) {
+        uint4 x;
+        x.x = gqa_pack<T>(o[8 * c][2 + e] * i1, o[8 * c + 1][2 + e] * i1);
+        x.y = gqa_pack<T>(o[8 * c + 2][2 + e] * i1, o[8 * c + 3][2 + e] * i1);
+        x.z = gqa_pack<T>(o[8 * c + 4][2 + e] * i1, o[8 * c + 5][2 + e] * i1);
+        x.w = gqa_pack<T>(o[8 * c + 6][2 + e] * i1, o[8 * c + 7][2 + e] * i1);
+        *reinterpret_cast<uint4*>(ob + (int64_t)r1 * D + col) = x;
+      }
     }
-    if (r1 < Lq) {
-      ob[(int64_t)r1 * D + col] = gqa_cast<T>(o[dt][2] * i1);
-      ob[(int64_t)r1 * D + col + 1] = gqa_cast<T>(o[dt][3] * i1);
-    }
-  }
 """
 
 _kernels = {}
 
 
-def _kernel(name):
-    """The mx.fast.cuda_kernel objects, made on first use (importing this file needs no GPU)."""
-    if name not in _kernels:
+def _kernel(name, shared_memory=0):
+    """The mx.fast.cuda_kernel objects, made on first use (importing this file needs no GPU). MLX
+    sizes a kernel's dynamic shared memory when it is made, hence one object per size."""
+    if (name, shared_memory) not in _kernels:
         if name == "vector":
             k = mx.fast.cuda_kernel(
                 name="gqa_vector", input_names=["queries", "keys", "values", "scale", "counters"],
                 output_names=["out", "partials"], source=VECTOR_SOURCE, header=HEADER, ensure_row_contiguous=False)
+        elif name == "decode_mma":
+            k = mx.fast.cuda_kernel(
+                name="gqa_decode_mma", input_names=["queries", "keys", "values", "scale", "counters"],
+                output_names=["out", "partials"], source=DECODE_MMA_SOURCE, header=MMA_HEADER,
+                ensure_row_contiguous=False, shared_memory=shared_memory)
         elif name == "combine":
             k = mx.fast.cuda_kernel(
                 name="gqa_combine", input_names=["partials"], output_names=["out"], source=COMBINE_SOURCE,
@@ -641,9 +967,9 @@ def _kernel(name):
         else:
             k = mx.fast.cuda_kernel(
                 name="gqa_mma", input_names=["queries", "keys", "values", "scale"], output_names=["out"],
-                source=MMA_SOURCE, header=MMA_HEADER, ensure_row_contiguous=False)
-        _kernels[name] = k
-    return _kernels[name]
+                source=MMA_SOURCE, header=MMA_HEADER, ensure_row_contiguous=False, shared_memory=shared_memory)
+        _kernels[name, shared_memory] = k
+    return _kernels[name, shared_memory]
 
 
 def _pow2_divisor(limit, n):
@@ -659,17 +985,20 @@ def layout(batch, query_heads, kv_heads, query_len, key_len, head_dim):
     group = query_heads // kv_heads
     heads = group if SHARE_KV else 1
     per_lane = head_dim // 32
-    keys = DOT == "keys" and THREADS >= 32 and head_dim % 32 == 0 and per_lane & (per_lane - 1) == 0
+    keys = DOT in ("keys", "mma") and THREADS >= 32 and head_dim % 32 == 0 and per_lane & (per_lane - 1) == 0
     if keys:
         lanes, vec = 32, per_lane
     else:
         lanes = _pow2_divisor(min(KEY_LANES, THREADS, 32), head_dim)
         vec = _pow2_divisor(VEC, head_dim // lanes)
-    blocks = batch * (query_heads // heads) * query_len
-    splits = 1
-    if SPLIT_BLOCKS and blocks < SPLIT_BLOCKS:
-        splits = min(-(-SPLIT_BLOCKS // blocks), max(1, key_len // MIN_SPLIT_KEYS), MAX_SPLITS)
-    return heads, lanes, vec, THREADS, splits, keys
+    return heads, lanes, vec, THREADS, _splits(batch * (query_heads // heads) * query_len, key_len), keys
+
+
+def _splits(blocks, key_len):
+    """Split the keys (flash-decoding) until about SPLIT_BLOCKS blocks run."""
+    if not SPLIT_BLOCKS or blocks >= SPLIT_BLOCKS:
+        return 1
+    return min(-(-SPLIT_BLOCKS // blocks), max(1, key_len // MIN_SPLIT_KEYS), MAX_SPLITS)
 
 
 class _Counters:
@@ -727,21 +1056,63 @@ def _vector(queries, keys, values, scale, causal):
         output_shapes=[(B, Hq, Lq, D) if merged else (1,), (B * Hq * Lq, splits, D + 4) if splits > 1 else (1,)],
         output_dtypes=[queries.dtype, mx.float32],
     )
-    if merged:
-        return out
+    return out if merged else _combine(partials, queries.dtype, (B, Hq, Lq, D))
+
+
+def _combine(partials, dtype, shape):
     return _kernel("combine")(
         inputs=[partials],
-        template=[("T", queries.dtype), ("D", D), ("MAX_SPLITS", MAX_SPLITS)],
-        grid=(B * Hq * Lq * COMBINE_THREADS, 1, 1),
+        template=[("T", dtype), ("D", shape[-1]), ("MAX_SPLITS", MAX_SPLITS)],
+        grid=(partials.shape[0] * COMBINE_THREADS, 1, 1),
         threadgroup=(COMBINE_THREADS, 1, 1),
-        output_shapes=[(B, Hq, Lq, D)],
-        output_dtypes=[queries.dtype],
+        output_shapes=[shape],
+        output_dtypes=[dtype],
     )[0]
+
+
+def uses_decode_mma(queries, keys):
+    """Whether a call with these inputs takes the tensor-core decode kernel."""
+    B, Hq, Lq, D = queries.shape
+    return (DOT == "mma" and THREADS >= 32 and Lq == 1 and queries.dtype in (mx.float16, mx.bfloat16)
+            and D in (64, 128) and Hq % keys.shape[1] == 0 and Hq // keys.shape[1] <= 16)
+
+
+RING_BYTES = 160 * 1024  # the most shared memory a block's tile rings may take
+
+
+def decode_mma_stages(threads, head_dim, itemsize, group):
+    """STAGES, capped so that every warp's ring fits: (stages, bytes of dynamic shared memory),
+    the latter also enough for the merge that reuses the rings (see DECODE_MMA_SOURCE)."""
+    warps, tile_pair = threads // 32, 2 * 16 * head_dim * itemsize  # a K tile and a V tile
+    stages = max(2, min(STAGES, RING_BYTES // (warps * tile_pair)))
+    merge = 4 * (max(group * head_dim, 2 * group * MAX_SPLITS) + 2 * warps * 16 + 2 * group)
+    return stages, max(warps * stages * tile_pair, merge)
+
+
+def _decode_mma(queries, keys, values, scale):
+    B, Hq, _, D = queries.shape
+    Hkv, Lk = keys.shape[1], keys.shape[2]
+    splits = _splits(B * Hkv, Lk)
+    atomic = splits > 1 and COMBINE == "atomic"
+    merged = splits == 1 or atomic
+    stages, ring = decode_mma_stages(THREADS, D, queries.itemsize, Hq // Hkv)
+    out, partials = _kernel("decode_mma", ring)(
+        inputs=[queries, keys, values, _const(float(scale), mx.float32),
+                _counters.take(B * Hkv) if atomic else _const(0, mx.int32)],
+        template=[("T", queries.dtype), ("D", D), ("G", Hq // Hkv), ("THREADS", THREADS), ("STAGES", stages),
+                  ("ATOMIC", COMBINE == "atomic"), ("MAX_SPLITS", MAX_SPLITS)],
+        grid=(splits * THREADS, B * Hkv, 1),
+        threadgroup=(THREADS, 1, 1),
+        output_shapes=[(B, Hq, 1, D) if merged else (1,), (B * Hq, splits, D + 4) if splits > 1 else (1,)],
+        output_dtypes=[queries.dtype, mx.float32],
+    )
+    return out if merged else _combine(partials, queries.dtype, (B, Hq, 1, D))
 
 
 def _mma(queries, keys, values, scale, causal):
     B, Hq, Lq, D = queries.shape
-    return _kernel("mma")(
+    stages = 2 * 64 * ((D + 32) + (D + 8)) * queries.itemsize  # two (K, V) tiles of 64 padded rows
+    return _kernel("mma", stages)(
         inputs=[queries, keys, values, _const(float(scale), mx.float32)],
         template=[("T", queries.dtype), ("D", D), ("CAUSAL", bool(causal))],
         grid=(-(-Lq // 64) * 128, B * Hq, 1),
@@ -754,8 +1125,7 @@ def _mma(queries, keys, values, scale, causal):
 def uses_mma(queries):
     """Whether a call with these queries takes the tensor-core prefill kernel."""
     D, Lq = queries.shape[-1], queries.shape[2]
-    return (PREFILL == "mma" and Lq > 1 and queries.dtype in (mx.float16, mx.bfloat16)
-            and D % 16 == 0 and D <= 128)
+    return PREFILL == "mma" and Lq > 1 and queries.dtype in (mx.float16, mx.bfloat16) and D in (64, 128)
 
 
 def _attention(queries, keys, values, scale, causal):
@@ -763,6 +1133,8 @@ def _attention(queries, keys, values, scale, causal):
         keys, values = keys.astype(queries.dtype), values.astype(queries.dtype)
     if uses_mma(queries):
         return _mma(queries, keys, values, scale, causal)
+    if uses_decode_mma(queries, keys):  # one query row: it sees every key, causal or not
+        return _decode_mma(queries, keys, values, scale)
     return _vector(queries, keys, values, scale, causal)
 # EVOLVE-BLOCK-END
 
