@@ -137,6 +137,29 @@ def test_every_combination_of_tunables_gives_a_valid_launch(path):
                     assert lk // splits >= module.MIN_SPLIT_KEYS
 
 
+def test_cuda_decode_mma_fits_in_shared_memory_whatever_the_tunables():
+    """The tensor-core decode's dynamic shared memory (the warps' tile rings, reused by the merge)
+    stays within what one H100 block may have for every THREADS and STAGES the operator can pick,
+    and it is taken only by the calls it can serve."""
+    module = _load(CUDA_EXAMPLE)
+    h100_block_limit = 227 * 1024
+    for threads, stages, head_dim, group in itertools.product(
+            [t for t in _choices(CUDA_EXAMPLE, "THREADS") if t >= 32], _choices(CUDA_EXAMPLE, "STAGES"),
+            (64, 128), (1, 2, 5, 8, 12, 16)):
+        module.STAGES = stages
+        used, smem = module.decode_mma_stages(threads, head_dim, 2, group)
+        assert 2 <= used <= max(2, stages)
+        assert threads // 32 * used * 2 * 16 * head_dim * 2 <= smem <= h100_block_limit
+    module.DOT, module.THREADS = "mma", 64
+    q, k = mx.zeros((1, 40, 1, 128), dtype=mx.float16), mx.zeros((1, 8, 10, 128), dtype=mx.float16)
+    assert module.uses_decode_mma(q, k)
+    assert not module.uses_decode_mma(q.astype(mx.float32), k)  # no fp32 tensor-core path
+    assert not module.uses_decode_mma(mx.zeros((1, 40, 3, 128), dtype=mx.float16), k)  # not decode
+    assert not module.uses_decode_mma(mx.zeros((1, 34, 1, 128), dtype=mx.float16), k[:, :2])  # 17 heads a group
+    module.DOT = "keys"
+    assert not module.uses_decode_mma(q, k)
+
+
 def _tunable_names(path: Path) -> list[str]:
     from gitevolve.mutate.tunables import parse
 
