@@ -32,7 +32,6 @@ import ast
 import datetime
 import json
 import math
-import os
 import platform
 import statistics
 import subprocess
@@ -49,9 +48,10 @@ import mlx.core as mx  # noqa: E402
 import numpy as np  # noqa: E402
 
 from benchmarks.candidate_file import candidate_file  # noqa: E402
-from evaluators.gqa import guards  # noqa: E402
+from evaluators.gqa import guards, timing  # noqa: E402
+from evaluators.gqa.correctness import QUERY_STD, fresh_seed  # noqa: E402
 from evaluators.gqa.reference import gqa_reference  # noqa: E402
-from evaluators.gqa.timing import spread  # noqa: E402
+from evaluators.gqa.shapes import ITEMSIZE  # noqa: E402
 from gitevolve.mutate.tunables import parse as parse_tunables  # noqa: E402
 
 try:
@@ -63,9 +63,7 @@ try:
 except Exception:  # torch absent or broken: MLX-only comparison
     torch = None
 
-BASELINE = mx.fast.scaled_dot_product_attention
 TOLERANCE = {"float32": (1e-4, 1e-4), "float16": (1e-2, 1e-2), "bfloat16": (4e-2, 4e-2)}  # atol, rtol
-QUERY_STD = 2.0  # peaky attention, as in evaluators/gqa/correctness.py
 
 
 # ---------------------------------------------------------------------------------------------
@@ -92,11 +90,7 @@ class Scenario:
     @property
     def kv_bytes(self) -> int:
         """The bytes of K and V a decode step must read at least."""
-        return 2 * self.batch * self.kv_heads * self.key_len * self.head_dim * _itemsize(self.dtype)
-
-
-def _itemsize(dtype: str) -> int:
-    return {"float32": 4, "float16": 2, "bfloat16": 2}[dtype]
+        return 2 * self.batch * self.kv_heads * self.key_len * self.head_dim * ITEMSIZE[self.dtype]
 
 
 def _decode(heads, lk, batch=1, dtype="float16", capacity=0):
@@ -159,13 +153,9 @@ SWEEP_CPU_TIMED = (_decode(QWEN14, 300), _decode(QWEN06, 600))
 # Inputs
 
 
-def _seed() -> int:
-    return int.from_bytes(os.urandom(4), "little")
-
-
-def mlx_inputs(s: Scenario, seed: int | None = None):
+def mlx_inputs(s: Scenario):
     """(queries, keys, values) as MLX arrays, evaluated; keys/values are views when s.capacity."""
-    key = mx.random.key(_seed() if seed is None else seed)
+    key = mx.random.key(fresh_seed())
     kq, kk, kv = mx.random.split(key, 3)
     dtype = getattr(mx, s.dtype)
     length = max(s.capacity, s.key_len)
@@ -201,25 +191,27 @@ class Contender:
     inputs: list = field(default_factory=list)  # one (q, k, v) per distinct buffer set
 
 
-def mlx_contender(name, fn, s: Scenario, sets: int) -> Contender:
+def mlx_contender(name, fn, s: Scenario, sets: int = 0, inputs: list | None = None) -> Contender:
+    """`fn` on `sets` fresh input sets of `s`, or on the `inputs` given."""
     scale = s.head_dim ** -0.5
 
     def call(q, k, v):
         return fn(q, k, v, scale, s.causal)
 
-    return Contender(name, call, lambda outs: mx.eval(outs), [mlx_inputs(s) for _ in range(sets)])
+    return Contender(name, call, lambda outs: mx.eval(outs),
+                     inputs if inputs is not None else [mlx_inputs(s) for _ in range(sets)])
 
 
 DECODE_MASK = {"causal": False}  # --mlx-decode-mask
 
 
 def baseline_fn(q, k, v, scale, causal):
-    """MLX's attention. For decode (Lq = 1) the causal mask hides nothing, but MLX 0.32.4 takes a
-    slower path with it per call (on the H100: ~650 us against ~170 us at 32k). By default it is
-    left off there, as mlx-lm and the evaluator harness call it; --mlx-decode-mask causal passes it."""
-    if causal and q.shape[2] == 1 and not DECODE_MASK["causal"]:
-        causal = False
-    return BASELINE(q, k, v, scale=scale, mask="causal" if causal else None)
+    """MLX's attention as the evaluator harness calls it (timing.baseline: no mask for decode,
+    where it hides nothing but sends MLX 0.32.4 down a slower path); with --mlx-decode-mask causal,
+    the masked call there too."""
+    if DECODE_MASK["causal"]:
+        return guards.REAL_BASELINE(q, k, v, scale=scale, mask="causal" if causal else None)
+    return timing.baseline(q, k, v, scale, causal)
 
 
 def torch_contender(s: Scenario, sets: int) -> Contender:
@@ -242,7 +234,7 @@ def torch_contender(s: Scenario, sets: int) -> Contender:
 
 def _stats(seconds: list[float]) -> dict:
     us = sorted(x * 1e6 for x in seconds)
-    return {"median_us": statistics.median(us), "min_us": us[0], "spread": spread(us), "n": len(us)}
+    return {"median_us": statistics.median(us), "min_us": us[0], "spread": timing.spread(us), "n": len(us)}
 
 
 def time_per_call(contenders: list[Contender], rounds: int, warmup: int = 3) -> dict:
@@ -373,14 +365,13 @@ def check(fn, s: Scenario, calls: int = 2) -> dict:
 # The candidate
 
 
-def load_candidate(kernel: str, file: str | None) -> tuple[object, str]:
+def load_candidate(kernel: str, file: str = "attention.py") -> tuple[object, str]:
     """A path, or a commit-ish read with `git show REV:FILE`; returns (module, where it came from)."""
-    inner = file or "attention.py"
-    path = candidate_file(kernel, inner)
+    path = candidate_file(kernel, file)
     where = str(path)
     if path != Path(kernel):
         rev = subprocess.run(["git", "rev-parse", kernel], capture_output=True, text=True).stdout.strip()
-        where = f"{kernel}:{inner} ({rev[:12]})"
+        where = f"{kernel}:{file} ({rev[:12]})"
     module = guards.load_candidate(path)
     if not callable(getattr(module, "gqa_attention", None)):
         raise SystemExit(f"{where} defines no gqa_attention(queries, keys, values, scale, causal)")
@@ -469,8 +460,8 @@ def versions() -> dict:
 
 def derive(results: list[dict], bw: dict) -> None:
     """Speedups and the roofline fraction, added to each scenario's result."""
-    best_copy = max((v["best_GBps"] for k, v in bw.items() if k.endswith("_copy")), default=None)
-    best_read = max((v["best_GBps"] for k, v in bw.items() if k.endswith("_read")), default=None)
+    best_copy = max(v["best_GBps"] for k, v in bw.items() if k.endswith("_copy"))  # MLX's are always there
+    best_read = max(v["best_GBps"] for k, v in bw.items() if k.endswith("_read"))
     for r in results:
         for mode in ("per_call", "amortised"):
             t = r[mode]
@@ -483,11 +474,9 @@ def derive(results: list[dict], bw: dict) -> None:
             achieved = s.kv_bytes / (r["amortised"]["candidate"]["median_us"] * 1e-6) / 1e9
             r["kv_bytes"] = s.kv_bytes
             r["achieved_GBps"] = achieved
-            if best_copy:
-                r["fraction_of_copy_bw"] = achieved / best_copy
-                r["roofline_us"] = s.kv_bytes / (best_read * 1e9) * 1e6 if best_read else None
-            if best_read:
-                r["fraction_of_read_bw"] = achieved / best_read
+            r["fraction_of_copy_bw"] = achieved / best_copy
+            r["fraction_of_read_bw"] = achieved / best_read
+            r["roofline_us"] = s.kv_bytes / (best_read * 1e9) * 1e6
 
 
 def table(results: list[dict], bw: dict) -> str:
@@ -535,8 +524,7 @@ def sweep(module, calls: int, rounds: int, budget_s: float, timed=SWEEP_TIMED, c
     mlx_times = {}
     warm_up(0.2 if mx.default_device() == mx.cpu else 2.0)
     for s in timed:
-        c = Contender("mlx", lambda q, k, v, s=s: baseline_fn(q, k, v, s.head_dim ** -0.5, s.causal),
-                      lambda o: mx.eval(o), sets[s.name])
+        c = mlx_contender("mlx", baseline_fn, s, inputs=sets[s.name])
         mlx_times[s.name] = time_amortised([c], rounds)["mlx"]["median_us"]
     log("mlx amortised us: " + ", ".join(f"{k} {v:.1f}" for k, v in mlx_times.items()))
     seen: dict[str, dict] = {}
@@ -557,8 +545,7 @@ def sweep(module, calls: int, rounds: int, budget_s: float, timed=SWEEP_TIMED, c
             else:
                 times = {}
                 for s in timed:
-                    c = Contender("candidate", lambda q, k, v, s=s: fn(q, k, v, s.head_dim ** -0.5, s.causal),
-                                  lambda o: mx.eval(o), sets[s.name])
+                    c = mlx_contender("candidate", fn, s, inputs=sets[s.name])
                     times[s.name] = time_amortised([c], rounds_here)["candidate"]["median_us"]
                 entry.update(ok=True, amortised_us=times,
                              geomean_us=math.exp(statistics.fmean(math.log(t) for t in times.values())))
@@ -603,7 +590,7 @@ def _diff(settings: dict, initial: dict) -> str:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--kernel", required=True, help="a candidate attention.py, or a commit-ish holding one")
-    p.add_argument("--file", help="the candidate's path inside the commit-ish (default attention.py)")
+    p.add_argument("--file", default="attention.py", help="the candidate's path inside the commit-ish")
     p.add_argument("--set", action="append", default=[], metavar="NAME=VALUE", help="override a tunable")
     p.add_argument("--settings-from", help="a JSON file from --sweep (or one with a 'best' or 'settings' dict)")
     p.add_argument("--scenarios", default=None, help="full, quick, cpu, or comma-separated scenario names")

@@ -186,9 +186,9 @@ def main() -> int:
     result = {
         "model": args.model, "layers": layers, "dtype": args.dtype, "prompt_tokens": args.prompt_tokens,
         "new_tokens": args.new_tokens, "repeats": args.repeats, "device": str(mx.default_device()),
-        "mlx": mx.__version__, "baseline": base.summary(), "candidate": cand.summary(),
-        "decode_speedup": cand.summary()["decode_tokens_per_s"] / base.summary()["decode_tokens_per_s"],
-        "prefill_speedup": cand.summary()["prefill_tokens_per_s"] / base.summary()["prefill_tokens_per_s"],
+        "mlx": mx.__version__, "baseline": (theirs := base.summary()), "candidate": (ours := cand.summary()),
+        "decode_speedup": ours["decode_tokens_per_s"] / theirs["decode_tokens_per_s"],
+        "prefill_speedup": ours["prefill_tokens_per_s"] / theirs["prefill_tokens_per_s"],
         "candidate_attention_calls_per_generation": calls_per_generation,
         "identical_tokens": same, "first_divergence": diverged, "prefill_logits_max_abs_error": logit_error,
         "runs": {s.name: asdict(s) for s in (base, cand)},

@@ -221,7 +221,7 @@ def bench():
 
 
 def test_bench_loads_a_candidate_from_a_file_and_from_a_commit(bench, tmp_path):
-    module, where = bench.load_candidate(str(MLX_EXAMPLE), None)
+    module, where = bench.load_candidate(str(MLX_EXAMPLE))
     assert callable(module.gqa_attention) and where == str(MLX_EXAMPLE)
 
     repo = tmp_path / "repo"
@@ -236,7 +236,7 @@ def test_bench_loads_a_candidate_from_a_file_and_from_a_commit(bench, tmp_path):
     cwd = os.getcwd()
     os.chdir(repo)
     try:
-        module, where = bench.load_candidate("HEAD", None)
+        module, where = bench.load_candidate("HEAD")
         assert module.GROUPING == "fold" and where.startswith("HEAD:attention.py")
         with pytest.raises(SystemExit):
             bench.load_candidate("no-such-rev", None)
@@ -268,7 +268,7 @@ def test_bench_inputs_view_a_longer_cache_like_mlx_lm(bench):
 
 
 def test_bench_check_passes_a_right_candidate_and_fails_a_wrong_one(bench):
-    module, _ = bench.load_candidate(str(MLX_EXAMPLE), None)
+    module, _ = bench.load_candidate(str(MLX_EXAMPLE))
     s = bench.Scenario("c", 1, 8, 2, 5, 40, "float16", head_dim=32)
     verdict = bench.check(module.gqa_attention, s)
     assert verdict["ok"] and verdict["max_abs_error"] < 1e-2 and verdict["rel_error"] < 1e-2
@@ -285,7 +285,7 @@ def test_bench_check_passes_a_right_candidate_and_fails_a_wrong_one(bench):
 
 
 def test_bench_times_real_contenders_interleaved(bench):
-    module, _ = bench.load_candidate(str(MLX_EXAMPLE), None)
+    module, _ = bench.load_candidate(str(MLX_EXAMPLE))
     s = bench.Scenario("t", 1, 8, 2, 1, 64, "float16", head_dim=32)
     cands = [bench.mlx_contender("candidate", module.gqa_attention, s, 3), bench.mlx_contender("mlx", bench.baseline_fn, s, 3)]
     per_call = bench.time_per_call(cands, rounds=4, warmup=1)
@@ -296,7 +296,7 @@ def test_bench_times_real_contenders_interleaved(bench):
 
 
 def test_bench_sweep_finds_a_setting_no_worse_than_where_it_started(bench):
-    module, _ = bench.load_candidate(str(MLX_EXAMPLE), None)
+    module, _ = bench.load_candidate(str(MLX_EXAMPLE))
     timed = (bench.Scenario("s", 1, 8, 2, 1, 96, "float16", head_dim=32),)
     checked = (bench.Scenario("c", 1, 8, 2, 3, 20, "float16", head_dim=32),)
     result = bench.sweep(module, calls=2, rounds=1, budget_s=4.0, timed=timed, checked=checked, log=lambda m: None)

@@ -14,10 +14,8 @@ mismatch, and a barrier that only some threads reach is reported.
 
 from __future__ import annotations
 
-import importlib.util
 import shutil
 import sys
-import uuid
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +25,7 @@ pytestmark = pytest.mark.skipif(shutil.which("g++") is None, reason="the Metal e
 
 mx = pytest.importorskip("mlx.core")
 
+from evaluators.gqa import guards  # noqa: E402
 from evaluators.gqa.correctness import QUERY_STD, TOLERANCES  # noqa: E402
 from evaluators.gqa.reference import gqa_reference  # noqa: E402
 
@@ -70,9 +69,7 @@ def load_example(tunables: dict, text: str | None = None, tmp_path: Path | None 
     if text is not None:
         path = tmp_path / "attention.py"
         path.write_text(text)
-    spec = importlib.util.spec_from_file_location(f"_gqa_metal_{uuid.uuid4().hex}", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = guards.load_candidate(path)
     for name, value in tunables.items():
         assert hasattr(module, name), name
         setattr(module, name, value)

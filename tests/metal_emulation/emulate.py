@@ -138,11 +138,11 @@ def parse_signature(source: str) -> tuple[str, list[Param]]:
     return instantiation[1] if instantiation else function, params
 
 
-def program(launch: Launch) -> str:
-    """One C++ program that runs this launch: buffers and the grid come from files in the
-    directory named by argv[1], so the program depends only on the source (and its template
-    arguments, part of the source), and one binary serves every shape."""
-    call, params = parse_signature(launch.source)
+def program(launch: Launch, call: str, params: list) -> str:
+    """One C++ program that runs this launch (whose kernel `call` takes `params`, as
+    parse_signature reads them): buffers and the grid come from files in the directory named by
+    argv[1], so the program depends only on the source (and its template arguments, part of the
+    source), and one binary serves every shape."""
     # The explicit instantiation names Metal's [[host_name]]; the call below instantiates instead.
     source = "\n".join(line for line in launch.source.splitlines() if not line.startswith("template [[host_name"))
     lines = ['#include "shim.h"', source, "int main(int argc, char** argv) {",
@@ -172,9 +172,10 @@ class Emulator:
     def __init__(self, build_dir: Path, seed: int = 0):
         self.build_dir = build_dir
         self.seed = seed  # of the threads' scheduling order
+        self.shim = SHIM.read_text()  # part of every binary's identity
 
     def compile(self, text: str) -> Path:
-        digest = hashlib.sha256((SHIM.read_text() + text).encode()).hexdigest()[:16]
+        digest = hashlib.sha256((self.shim + text).encode()).hexdigest()[:16]
         binary = self.build_dir / f"kernel-{digest}"
         if not binary.exists():
             cpp = binary.with_suffix(".cpp")
@@ -213,8 +214,8 @@ class Emulator:
 
     def _run_launch(self, launch: Launch, inputs: list[np.ndarray], work: Path) -> list[np.ndarray]:
         work.mkdir()
-        binary = self.compile(program(launch))
-        _, params = parse_signature(launch.source)
+        call, params = parse_signature(launch.source)
+        binary = self.compile(program(launch, call, params))
         types = {p.name: STORED.get(p.c_type, (None, None))[1] for p in params}
         for name, a in zip(launch.input_names, inputs):
             if name not in types:
