@@ -290,13 +290,11 @@ class Evaluator:
         free: queue.SimpleQueue[int] = queue.SimpleQueue()
         for slot in range(self.config.workers):
             free.put(slot)
-        checkout_lock = threading.Lock()  # `git worktree add` and `prune` share .git/worktrees
 
         def work(job: Job) -> Evaluation:
             slot = free.get()
             try:
-                with checkout_lock:
-                    path = worktrees.checkout(self.store, slot, job.candidate.sha)
+                path = worktrees.checkout(self.store, slot, job.candidate.sha)
                 return self.evaluate_at(path, job.candidate)
             finally:
                 free.put(slot)

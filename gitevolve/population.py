@@ -54,7 +54,7 @@ class Candidate:
             iteration=note.get("iteration"),
             generation=int(note.get("generation") or 0),
             status=str(note.get("status", "failed")),
-            score=float(score) if isinstance(score, (int, float)) and not isinstance(score, bool) else None,
+            score=number(score),
             tree=note.get("tree"),
             operator=str(note.get("operator", "")),
             subject=str(note.get("subject", "")),
@@ -64,8 +64,13 @@ class Candidate:
         )
 
 
+def number(value: object) -> float | None:
+    """`value` as a float if it is a number in a note (true and false are not scores)."""
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+
 def _median(scores) -> float | None:
-    numbers = [x for x in scores or [] if isinstance(x, (int, float)) and not isinstance(x, bool)]
+    numbers = [x for x in map(number, scores or []) if x is not None]
     return statistics.median(numbers) if numbers else None
 
 

@@ -263,13 +263,18 @@ class Store:
         self.update_refs([(self.refs.pin(sha), sha, None)], f"candidate {sha[:10]}")
         return sha
 
-    def commit_branch(self, ref: str, parent: str, tree: str, message: str, *, force: bool) -> str:
-        """A commit on `parent` with `tree`, as branch `ref`; an existing branch moves only with `force`."""
-        sha = self._commit(bytes.fromhex(tree), [parent], message)
-        old = self._ref_value(ref)
+    def movable_branch(self, ref: str, *, force: bool) -> str | None:
+        """Branch `ref`'s commit, None if it does not exist; an error if it does and not `force`."""
+        old = self.ref_value(ref)
         if old is not None and not force:
             name = ref.removeprefix("refs/heads/")
             raise GitevolveError(f"branch {name} already exists: pass --force to move it, or --branch NAME")
+        return old
+
+    def commit_branch(self, ref: str, parent: str, tree: str, message: str, *, force: bool) -> str:
+        """A commit on `parent` with `tree`, as branch `ref`; an existing branch moves only with `force`."""
+        old = self.movable_branch(ref, force=force)
+        sha = self._commit(bytes.fromhex(tree), [parent], message)
         self.update_refs([(ref, sha, old)], f"promote {sha[:10]}")
         return sha
 
@@ -302,17 +307,17 @@ class Store:
                 return champion is not None
             except StaleRef:
                 self._notes_known = False
-                if champion is not None and self._ref_value(self.refs.island(champion[0])) != champion[1]:
+                if champion is not None and self.ref_value(self.refs.island(champion[0])) != champion[1]:
                     champion = None
         raise GitevolveError(f"could not record the note of {sha[:10]}: the notes ref keeps moving")
 
-    def _ref_value(self, ref: str) -> str | None:
+    def ref_value(self, ref: str) -> str | None:
         out = self.git("rev-parse", "--verify", "--quiet", ref, check=False).strip()
         return out or None
 
     def _current_notes_head(self) -> str | None:
         if not self._notes_known:
-            self._notes_head, self._notes_known = self._ref_value(self.refs.notes), True
+            self._notes_head, self._notes_known = self.ref_value(self.refs.notes), True
         return self._notes_head
 
     def _notes_commit(self, parent: str | None, notes: dict[str, bytes]) -> str:

@@ -8,10 +8,16 @@ The user's checkout, index and current branch are never touched: a candidate is 
 from __future__ import annotations
 
 import shutil
+import threading
 from pathlib import Path
 
 from gitevolve.errors import GitevolveError
 from gitevolve.store import Store
+
+
+# `git worktree add` and `prune` share .git/worktrees: one at a time. Checking out and cleaning
+# inside an existing worktree touches only that worktree, so workers do that in parallel.
+_registry = threading.Lock()
 
 
 def worktree_root(store: Store) -> Path:
@@ -29,15 +35,17 @@ def checkout(store: Store, slot: int, sha: str) -> Path:
         except GitevolveError:
             pass
     # A missing, half-made or foreign directory (a crash during `worktree add`): start it afresh.
-    shutil.rmtree(path, ignore_errors=True)
-    store.git("worktree", "prune")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    store.git("worktree", "add", "--quiet", "--detach", "--force", str(path), sha)
+    with _registry:
+        shutil.rmtree(path, ignore_errors=True)
+        store.git("worktree", "prune")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        store.git("worktree", "add", "--quiet", "--detach", "--force", str(path), sha)
     return path
 
 
 def remove_all(store: Store) -> None:
     """Drop this run's worktrees (they are recreated on demand)."""
-    for path in worktree_root(store).glob(f"{store.refs.run}-*"):
-        shutil.rmtree(path, ignore_errors=True)
-    store.git("worktree", "prune")
+    with _registry:
+        for path in worktree_root(store).glob(f"{store.refs.run}-*"):
+            shutil.rmtree(path, ignore_errors=True)
+        store.git("worktree", "prune")

@@ -16,8 +16,8 @@ from tabulate import tabulate
 from gitevolve import worktrees
 from gitevolve.config import Config
 from gitevolve.errors import GitevolveError
-from gitevolve.loop import Evaluator
-from gitevolve.population import Candidate, Population
+from gitevolve.loop import Evaluator, program
+from gitevolve.population import Candidate, Population, number
 from gitevolve.report import format_score
 from gitevolve.store import Store, format_message
 
@@ -91,6 +91,8 @@ def lineage(population: Population, candidate: Candidate) -> list[Candidate]:
 
 def promote(store: Store, config: Config, population: Population, candidate: Candidate, *,
             branch: str | None, repeats: int, force: bool) -> Promotion:
+    name = branch or store.refs.branch_prefix.removeprefix("refs/heads/") + "promoted"
+    store.movable_branch(f"refs/heads/{name}", force=force)  # before minutes of re-measuring, not after
     measured = remeasure(store, config, population, candidate, repeats) if repeats else None
     if measured and measured.failures:
         raise GitevolveError(f"re-measuring failed ({'; '.join(measured.failures[:3])}): nothing was promoted")
@@ -99,33 +101,33 @@ def promote(store: Store, config: Config, population: Population, candidate: Can
         note["remeasured"] = {"scores": measured.scores, "base_scores": measured.base_scores,
                               "at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
         store.record(candidate.sha, note)
-    name = branch or store.refs.branch_prefix.removeprefix("refs/heads/") + "promoted"
-    files = {path: store.read_file(candidate.sha, path) for path in config.files}
-    tree = store.tree_with(population.base, files)
-    body = pr_body(store, population, candidate, measured)
+    tree = store.tree_with(population.base, program(store, config, candidate).files)
     base = population.candidates.get(population.base)
     score = measured.median if measured else candidate.score
     base_score = measured.base_median if measured else (base.score if base else None)
+    body = pr_body(store, population, candidate, measured, base_score)
     subject = f"Evolved {', '.join(config.files)}: score {format_score(score)} (base {format_score(base_score)})"
     message = format_message(subject, _plain(body), {"Run": store.refs.run, "Candidate": candidate.sha})
     sha = store.commit_branch(f"refs/heads/{name}", population.base, tree, message, force=force)
     return Promotion(name, sha, candidate, measured, body)
 
 
-def pr_body(store: Store, population: Population, candidate: Candidate, measured: Remeasure | None) -> str:
+def pr_body(store: Store, population: Population, candidate: Candidate, measured: Remeasure | None,
+            base_score: float | None) -> str:
+    """The pull request's text; `base_score` is the base's re-measured score, or the run's."""
     base = population.candidates.get(population.base)
     lines = [f"Evolved by gitevolve, run `{store.refs.run}`: candidate `{candidate.sha[:10]}` "
              f"(island {candidate.island}, iteration {candidate.iteration}).", ""]
     if measured:
         lines += [f"Re-measured just now, {len(measured.scores)} evaluations each, alternating with the base: "
-                  f"median score **{format_score(measured.median)}** against **{format_score(measured.base_median)}** for the base "
+                  f"median score **{format_score(measured.median)}** against **{format_score(base_score)}** for the base "
                   f"(the run had scored it {format_score(candidate.score)}).",
                   f"Candidate: {', '.join(format_score(s) for s in measured.scores)}; base: {', '.join(format_score(s) for s in measured.base_scores)}.", ""]
     else:
-        lines += [f"Score {format_score(candidate.score)} against {format_score(base.score if base else None)} for the base, "
+        lines += [f"Score {format_score(candidate.score)} against {format_score(base_score)} for the base, "
                   "as the run measured them (not re-measured).", ""]
     shared = sorted(set(candidate.metrics) & set(base.metrics if base else {}))
-    numeric = [k for k in shared if isinstance(candidate.metrics[k], (int, float)) and not isinstance(candidate.metrics[k], bool)]
+    numeric = [k for k in shared if number(candidate.metrics[k]) is not None]
     if numeric:
         rows = [[k, f"{base.metrics[k]:.4g}", f"{candidate.metrics[k]:.4g}"] for k in numeric[:30]]
         lines += ["Metrics from the run's evaluation:", "", tabulate(rows, headers=["metric", "base", "candidate"], tablefmt="github", disable_numparse=True), ""]

@@ -197,14 +197,14 @@ def _nearest(files: dict[str, str], search: str) -> str:
 # --- full rewrite ------------------------------------------------------------------------------
 
 
-def _targets(files: dict[str, str]) -> list[tuple[str, tuple[int, int] | None]]:
+def rewrite_targets(files: dict[str, str]) -> list[tuple[str, tuple[int, int] | None]]:
     """What a rewrite replaces, in order: each EVOLVE-BLOCK, or a whole file that has none."""
     return [(path, r) for path, body in files.items() for r in (regions(body) if has_blocks(body) else [None])]
 
 
 def _apply_rewrite(text: str, files: dict[str, str]) -> tuple[dict[str, str], int, int]:
     codes = [m.group("code") for m in FENCE.finditer(text)]
-    targets = _targets(files)
+    targets = rewrite_targets(files)
     if not codes:
         raise reject("no code in the reply", f"expected {len(targets)} fenced code block(s), one per EVOLVE-BLOCK, in order")
     if len(targets) == 1:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
+from gitevolve.population import number
 from gitevolve.store import Store
 
 SEP, END = "\x1f", "\x1e"  # JSON notes escape control characters, so these cannot occur in them
@@ -24,8 +25,7 @@ class Entry:
 
     @property
     def score(self) -> float | None:
-        score = (self.note or {}).get("score")
-        return float(score) if isinstance(score, (int, float)) and not isinstance(score, bool) else None
+        return number((self.note or {}).get("score"))
 
     @property
     def seed(self) -> bool:

@@ -35,7 +35,7 @@ def ref(store: Store) -> str:
 
 def read(store: Store) -> tuple[str | None, dict]:
     """The ledger's blob and contents; empty when the run has made no model call."""
-    sha = store.git("rev-parse", "--verify", "--quiet", ref(store), check=False).strip() or None
+    sha = store.ref_value(ref(store))
     if sha is None:
         return None, {"models": {}, "feedback": {}}
     try:

@@ -6,7 +6,7 @@ import random
 
 from gitevolve import loop, selection
 from gitevolve.config import Config
-from gitevolve.llm import ledger
+from gitevolve.llm.ledger import Ledger
 from gitevolve.llm.prompt import Prompts
 from gitevolve.population import Candidate, island_population, load
 from gitevolve.store import Store
@@ -27,7 +27,7 @@ def messages(store: Store, config: Config, rev: str) -> list[dict]:
     if candidate is None:  # not (yet) a candidate of this run: its code and history still make a prompt
         candidate = Candidate(sha, store.parent(sha), None, None, 0, "pending")
     parent = loop.program(store, config, candidate)
-    feedback = ledger.read(store)[1]["feedback"].get(sha, [])
+    feedback = Ledger(store).feedback(sha)
     return Prompts(store, config).messages(parent, [loop.program(store, config, c) for c in inspirations], feedback)
 
 

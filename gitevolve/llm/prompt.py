@@ -23,8 +23,10 @@ from pathlib import Path
 from gitevolve.config import Config, PromptConfig
 from gitevolve.errors import GitevolveError
 from gitevolve.llm import history
+from gitevolve.llm.edits import rewrite_targets
 from gitevolve.mutate import Program
-from gitevolve.mutate.blocks import has_blocks, regions
+from gitevolve.mutate.blocks import has_blocks
+from gitevolve.population import number
 from gitevolve.store import Store
 
 DEFAULTS = Path(__file__).parent / "templates"
@@ -134,7 +136,7 @@ class Prompts:
             if best is not None and best.sha != c.sha:
                 facts.append(f"best on island {island} {_score(best.score)} ({best.sha[:10]})")
             said = f" ({'; '.join(facts)})" if facts else ""
-            lines.append(f"Status {note.get('status')}, score {_score(_number(note.get('score')))}{said}.")
+            lines.append(f"Status {note.get('status')}, score {_score(number(note.get('score')))}{said}.")
             metrics = note.get("metrics") or {}
             if metrics:
                 lines += ["", "Metrics:"] + [f"- {k}: {_short(v, METRIC_CHARS)}" for k, v in list(sorted(metrics.items()))[:MAX_METRICS]]
@@ -207,14 +209,9 @@ class Prompts:
     def _format(self, parent: Program) -> str:
         if self.edit_format == "diff":
             return fill("diff.txt", self.templates["diff.txt"], {})
-        targets = [f"{path} lines {a + 1}-{b + 1}" if has_blocks(text) else f"all of {path}"
-                   for path, text in parent.files.items() for a, b in (regions(text) if has_blocks(text) else [(0, 0)])]
+        targets = [f"{path} lines {r[0] + 1}-{r[1] + 1}" if r else f"all of {path}" for path, r in rewrite_targets(parent.files)]
         what = f"the EVOLVE-BLOCK ({targets[0]})" if len(targets) == 1 else f"the {len(targets)} EVOLVE-BLOCKs ({', '.join(targets)})"
         return fill("rewrite.txt", self.templates["rewrite.txt"], {"targets": what})
-
-
-def _number(value: object) -> float | None:
-    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
 
 
 def _score(value: float | None) -> str:
