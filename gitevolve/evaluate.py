@@ -118,7 +118,7 @@ def terminate_all() -> None:
     _stop_groups(hooks)
 
 
-def _signal_group(pgid: int, sig: int) -> None:
+def signal_group(pgid: int, sig: int) -> None:
     try:
         os.killpg(pgid, sig)
     except (ProcessLookupError, PermissionError):
@@ -152,7 +152,7 @@ def _group_alive(pgid: int) -> bool:
 
 def _stop_groups(hooks: Sequence[_Live]) -> None:
     for hook in hooks:
-        _signal_group(hook.pgid, signal.SIGTERM)
+        signal_group(hook.pgid, signal.SIGTERM)
     deadline = time.monotonic() + KILL_GRACE
     pending = list(hooks)
     while pending:
@@ -163,7 +163,7 @@ def _stop_groups(hooks: Sequence[_Live]) -> None:
             break
         time.sleep(_POLL)
     for hook in pending:
-        _signal_group(hook.pgid, signal.SIGKILL)
+        signal_group(hook.pgid, signal.SIGKILL)
 
 
 # --- output capture ---------------------------------------------------------------------------
@@ -359,7 +359,7 @@ def _read_report(stage: Stage, out: _Capture):
     return {**report, "metrics": kept_metrics, "artifacts": kept_artifacts}, None
 
 
-def _exit_words(code: int) -> str:
+def exit_words(code: int) -> str:
     if code < 0:
         try:
             return f"was killed by {signal.Signals(-code).name}"
@@ -459,7 +459,7 @@ def _run_once(worktree: Path, stage: Stage, env: Mapping[str, str], epoch: int) 
         reason = _one_line(hook_reason) if hook_reason else f"{where} exited with status 75 (EX_TEMPFAIL)"
         return _Outcome("transient", reason, metrics=metrics, artifacts=with_streams)
     if code != 0:
-        reason = f"{where} {_exit_words(code)}"
+        reason = f"{where} {exit_words(code)}"
         last_err, _ = err.last_line()
         if last_err:
             reason += f": {_one_line(last_err, 200)}"

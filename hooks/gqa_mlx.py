@@ -18,6 +18,9 @@ import sys
 import traceback
 from pathlib import Path
 
+# The harness's own safety metrics, spelled out: importing it may be what failed.
+EVALUATOR_ERROR = {"failure_kind": "evaluator_error", "compile_errors": 0, "gpu_faults": 0}
+
 
 def _harness() -> None:
     try:
@@ -31,13 +34,14 @@ def main(argv: list[str]) -> dict:
     _harness()
     from evaluators.gqa import cli
 
-    if cli.parse(argv).child:
+    args = cli.parse(argv)
+    if args.child:
         from evaluators.gqa import child
 
-        child.main(cli.parse(argv))  # writes its result and exits
+        child.main(args)  # writes its result and exits
     from evaluators.gqa import supervise
 
-    return supervise.main(str(Path(__file__).resolve()), argv)
+    return supervise.main(str(Path(__file__).resolve()), argv, args)
 
 
 if __name__ == "__main__":
@@ -47,11 +51,10 @@ if __name__ == "__main__":
         if e.code in (0, None):  # --help
             raise
         result = {"status": "failed", "reason": f"bad arguments to {Path(sys.argv[0]).name} (see stderr)",
-                  "metrics": {"failure_kind": "evaluator_error", "compile_errors": 0, "gpu_faults": 0}}
+                  "metrics": dict(EVALUATOR_ERROR)}
     except BaseException as e:  # noqa: BLE001 - the hook reports every failure as JSON, never a crash
         reason = f"the supervisor raised {type(e).__name__}: {str(e).strip()[:300]}"
-        result = {"status": "failed", "reason": reason,
-                  "metrics": {"failure_kind": "evaluator_error", "compile_errors": 0, "gpu_faults": 0},
+        result = {"status": "failed", "reason": reason, "metrics": dict(EVALUATOR_ERROR),
                   "artifacts": {"traceback": traceback.format_exc()[-3000:]}}
     if result.get("reason"):  # also as an artifact, where every reader of the note finds it
         result.setdefault("artifacts", {}).setdefault("reason", result["reason"])

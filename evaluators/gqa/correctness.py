@@ -114,6 +114,7 @@ class Verdict:
     ok: bool
     max_abs_error: float  # inf when the output could not be compared at all
     report: str  # one line: what was wrong and where, or the worst error when right
+    kind: str = "wrong_output"  # when not ok: "wrong_output" or "input_overwritten"
 
 
 def compare(scenario: Scenario, inputs: Inputs, got, expected: mx.array, call: str = "") -> Verdict:
@@ -157,21 +158,28 @@ def check(scenario: Scenario, candidate: Callable, calls: int = 2) -> Verdict:
         runs.append((n, inputs, got))
     worst, references = Verdict(True, 0.0, ""), []
     for n, inputs, got in runs:
-        call = f" call {n + 1} of {calls}"
-        pristine = remake(scenario, inputs)
-        changed = overwritten(inputs, pristine)
-        if changed:
-            return Verdict(False, float("inf"), f"{scenario.name}{call} ({inputs.seeds()}): gqa_attention "
-                                                f"overwrote its input {changed} in place")
-        expected = gqa_reference(*pristine.args())
-        mx.eval(expected)
+        verdict, pristine, expected = verify(scenario, inputs, got, f" call {n + 1} of {calls}")
+        if verdict.kind == "input_overwritten":
+            return verdict
         references.append((pristine, expected))
-        verdict = compare(scenario, pristine, got, expected, call)
         if not verdict.ok:
             return _name_stale(scenario, verdict, got, references[:-1])
         if verdict.max_abs_error >= worst.max_abs_error:
             worst = verdict
     return worst
+
+
+def verify(scenario: Scenario, inputs: Inputs, got, call: str = "") -> tuple[Verdict, Inputs, mx.array | None]:
+    """`got` against the float32 reference for `inputs` as they were made: (verdict, those inputs
+    made anew, the reference). A candidate that wrote into its inputs fails before any comparison."""
+    pristine = remake(scenario, inputs)
+    changed = overwritten(inputs, pristine)
+    if changed:
+        return Verdict(False, float("inf"), f"{scenario.name}{call} ({inputs.seeds()}): gqa_attention overwrote its "
+                                            f"input {changed} in place", "input_overwritten"), pristine, None
+    expected = gqa_reference(*pristine.args())
+    mx.eval(expected)
+    return compare(scenario, pristine, got, expected, call), pristine, expected
 
 
 def overwritten(inputs: Inputs, pristine: Inputs) -> str | None:

@@ -44,11 +44,10 @@ import mlx.core as mx
 
 from evaluators.gqa import backend, bandwidth, faults, launches, summary
 from evaluators.gqa.cli import STAGES
-from evaluators.gqa.correctness import Inputs, check, compare, fresh_rounds, make_inputs, overwritten, remake
+from evaluators.gqa.correctness import Inputs, check, fresh_rounds, make_inputs, verify
 from evaluators.gqa.faults import safety
 from evaluators.gqa.guards import BaselineCalled, Tripwire, baseline_hidden, check_frame, load_candidate
 from evaluators.gqa.memory import own_out_of_memory, peak_bytes
-from evaluators.gqa.reference import gqa_reference
 from evaluators.gqa.shapes import Scenario, select
 from evaluators.gqa.timing import Budget, Race, baseline, race
 
@@ -107,11 +106,9 @@ def evaluate(path: str | Path, scenarios: Sequence[Scenario] | str = "cpu", setu
 
 
 def _failed(f: Failed, metrics: dict) -> dict:
-    metrics.update(safety(f.kind))
     if f.kind in ("wrong_output", "input_overwritten"):
         metrics["all_correct"] = False
-    return {"status": "transient" if f.transient else "failed", "reason": f.reason, "metrics": metrics,
-            "artifacts": {"reason": f.reason, **f.artifacts}}
+    return faults.failure(f.kind, f.reason, f.transient, metrics, f.artifacts)
 
 
 @dataclass
@@ -199,7 +196,7 @@ def _report(scenarios: Sequence[Scenario], races: dict[str, Race], peaks: dict[s
     metrics.update(summary.summarise(
         scenarios, seconds, {n: r.baseline.median_us * 1e-6 for n, r in races.items()},
         {n: p[0] for n, p in peaks.items()}, {n: p[1] for n, p in peaks.items()}))
-    metrics["worst_spread"] = round(max(max(r.candidate.spread, r.baseline.spread) for r in races.values()), 4)
+    metrics["worst_spread"] = round(max(r.spread for r in races.values()), 4)
     return {"status": "ok", "score": summary.geomean(r.speedup for r in races.values()), "metrics": metrics,
             "artifacts": artifacts}
 
@@ -219,11 +216,6 @@ def _tail(limit: int = TRACEBACK_TAIL) -> str:
 def _baseline_called(wire: Tripwire, when: str) -> Failed:
     return Failed(f"{when}: the candidate called mx.fast.scaled_dot_product_attention ({wire.calls} time(s)), "
                   f"the baseline it is timed against", "baseline_called", traceback=_tail())
-
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return text.splitlines()[0][:300] if text else "(no message)"
 
 
 def _raised(e: BaseException, where: str, plain_kind: str, plain_reason: str, **artifacts: str) -> Failed:
@@ -257,7 +249,7 @@ def _load(path: Path, wire: Tripwire):
         if wire.calls:
             raise _baseline_called(wire, f"importing {path.name}") from None
         raise _raised(e, f"importing {path.name}", "import_error",
-                      f"importing {path.name} raised {type(e).__name__}: {_first_line(e)}") from None
+                      f"importing {path.name} raised {type(e).__name__}: {faults.telling_line(str(e))}") from None
     attention = getattr(module, "gqa_attention", None)
     if not callable(attention):
         raise Failed(f"{path.name} defines no function gqa_attention(queries, keys, values, scale, causal)",
@@ -276,7 +268,7 @@ def _call_site(scenario: Scenario, step: str, guard: Guard, fn, *args):
             raise _baseline_called(guard.wire, where) from None
         if isinstance(e, launches.NotLaunched):
             raise Failed(f"{where}: {e}", "kernel_not_launched", scenario=scenario.describe()) from None
-        raise _raised(e, where, "exception", f"{where}: gqa_attention raised {type(e).__name__}: {_first_line(e)}",
+        raise _raised(e, where, "exception", f"{where}: gqa_attention raised {type(e).__name__}: {faults.telling_line(str(e))}",
                       scenario=scenario.describe()) from None
     if guard.wire.calls:
         raise _baseline_called(guard.wire, where)
@@ -284,8 +276,7 @@ def _call_site(scenario: Scenario, step: str, guard: Guard, fn, *args):
 
 
 def _verdict_failure(verdict, scenario: Scenario, prefix: str = "") -> Failed:
-    kind = "input_overwritten" if "overwrote its input" in verdict.report else "wrong_output"
-    return Failed(f"{prefix}{verdict.report}", kind, mismatch=verdict.report, scenario=scenario.describe())
+    return Failed(f"{prefix}{verdict.report}", verdict.kind, mismatch=verdict.report, scenario=scenario.describe())
 
 
 def _correct(scenario: Scenario, attention, guard: Guard):
@@ -334,13 +325,7 @@ def _time(scenario: Scenario, attention, guard: Guard, budget: Budget) -> Race:
     result = _call_site(scenario, "timing", guard, race, attention, baseline, fresh_rounds(scenario), budget)
     # The output of the last timed call, on that call's inputs: proof that what was timed is
     # the candidate that was checked, computing this answer and not an earlier one.
-    inputs = remake(scenario, result.last_inputs)
-    changed = overwritten(result.last_inputs, inputs)
-    if changed:
-        raise Failed(f"{scenario.name} (timing): gqa_attention overwrote its input {changed} in place",
-                     "input_overwritten")
-    expected = gqa_reference(*inputs.args())
-    verdict = compare(scenario, inputs, result.last_output, expected, " (last timed call)")
+    verdict, _, _ = verify(scenario, result.last_inputs, result.last_output, " (last timed call)")
     if not verdict.ok:
         raise _verdict_failure(verdict, scenario, "wrong output while timed: ")
     if guard.ledger.kernels:
@@ -359,7 +344,6 @@ def _table(scenarios: Sequence[Scenario], races: dict[str, Race]) -> str:
     rows = [f"{'scenario':<24} {'candidate us':>13} {'baseline us':>12} {'speedup':>8} {'spread':>7}  shape"]
     for s in scenarios:
         r = races[s.name]
-        spread = max(r.candidate.spread, r.baseline.spread)
         rows.append(f"{s.name:<24} {r.candidate.median_us:>13.1f} {r.baseline.median_us:>12.1f} "
-                    f"{r.speedup:>8.3f} {spread:>7.1%}  {s.describe().split(': ', 1)[1]}")
+                    f"{r.speedup:>8.3f} {r.spread:>7.1%}  {s.describe().split(': ', 1)[1]}")
     return "\n".join(rows)

@@ -44,6 +44,13 @@ def safety(kind: str = "none") -> dict:
             "gpu_faults": int(kind == "gpu_fault")}
 
 
+def failure(kind: str, reason: str, transient: bool, metrics: dict, artifacts: dict) -> dict:
+    """A failed (or transient) hook result: `metrics` with the safety metrics of `kind`, and the
+    reason also among the artifacts, where every reader of the note finds it."""
+    return {"status": "transient" if transient else "failed", "reason": reason,
+            "metrics": {**metrics, **safety(kind)}, "artifacts": {"reason": reason, **artifacts}}
+
+
 def transient_kind(text: str) -> str:
     """The failure_kind of a transient error: out of memory, or a busy or unavailable device."""
     return "out_of_memory" if "memory" in text.lower() else "device_unavailable"

@@ -180,14 +180,11 @@ def watch() -> Iterator[Ledger]:
     The factories in place on entry (real, or a test's fakes) are wrapped and put back on exit."""
     ledger = Ledger()
     saved: list[tuple[object, str, object]] = []
-    for name, language in FACTORIES.items():
-        if hasattr(mx.fast, name):
-            saved.append((mx.fast, name, getattr(mx.fast, name)))
-            setattr(mx.fast, name, _factory(getattr(mx.fast, name), language, ledger))
-    for name, language in DIRECT.items():
-        if hasattr(mx.fast, name):
-            saved.append((mx.fast, name, getattr(mx.fast, name)))
-            setattr(mx.fast, name, _direct(getattr(mx.fast, name), language, ledger))
+    for entries, wrap in ((FACTORIES, _factory), (DIRECT, _direct)):
+        for name, language in entries.items():
+            if hasattr(mx.fast, name):
+                saved.append((mx.fast, name, getattr(mx.fast, name)))
+                setattr(mx.fast, name, wrap(getattr(mx.fast, name), language, ledger))
     saved.append((mx, "compile", mx.compile))
     mx.compile = _compile(mx.compile, ledger)
     try:

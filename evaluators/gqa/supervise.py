@@ -18,6 +18,7 @@ this process must not touch the GPU it is guarding.
 
 from __future__ import annotations
 
+import argparse
 import ctypes
 import json
 import os
@@ -29,7 +30,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from evaluators.gqa import cli, faults
+from evaluators.gqa import faults
+from gitevolve.evaluate import exit_words, signal_group
 
 STDERR_TAIL = 6000
 STDOUT_TAIL = 2000
@@ -56,13 +58,6 @@ def _die_with_parent() -> None:
         libc = ctypes.CDLL(None, use_errno=True)
         libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
     except (OSError, AttributeError):
-        pass
-
-
-def _kill_group(pgid: int) -> None:
-    try:
-        os.killpg(pgid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
         pass
 
 
@@ -109,7 +104,7 @@ def run_child(command: list[str], timeout: float, env: dict | None = None) -> Ch
                 except subprocess.TimeoutExpired:
                     timed_out = True
                 # Also after a normal exit: nothing the candidate started may outlive the evaluation.
-                _kill_group(proc.pid)
+                signal_group(proc.pid, signal.SIGKILL)
                 try:
                     code = proc.wait(timeout=REAP_SECONDS)
                 except subprocess.TimeoutExpired:
@@ -126,7 +121,7 @@ def _forward_signals(pgid: int) -> dict:
     child's group down with us."""
 
     def stop(signum, frame):
-        _kill_group(pgid)
+        signal_group(pgid, signal.SIGKILL)
         os._exit(128 + signum)
 
     previous = {}
@@ -143,12 +138,7 @@ def _restore_signals(previous: dict) -> None:
 def _exit_words(code: int | None) -> str:
     if code is None:
         return "did not exit when killed"
-    if code < 0:
-        try:
-            return f"was killed by {signal.Signals(-code).name}"
-        except ValueError:
-            return f"was killed by signal {-code}"
-    return f"exited with status {code} without a result"
+    return exit_words(code) + (" without a result" if code >= 0 else "")
 
 
 def classify(child: Child, timeout: float) -> dict:
@@ -180,16 +170,14 @@ def classify(child: Child, timeout: float) -> dict:
 
 
 def _failure(child: Child, kind: str, transient: bool, reason: str, artifacts: dict) -> dict:
-    metrics = {**child.metrics, **faults.safety(kind), "evaluation_seconds": round(child.seconds, 2)}
+    metrics = {**child.metrics, "evaluation_seconds": round(child.seconds, 2)}
     if child.step:
         metrics["failed_step"] = child.step
-    return {"status": "transient" if transient else "failed", "reason": reason, "metrics": metrics,
-            "artifacts": {"reason": reason, **artifacts}}
+    return faults.failure(kind, reason, transient, metrics, artifacts)
 
 
-def main(script: str, argv: list[str]) -> dict:
-    """Evaluate as `script --child argv` would, supervised; `script` is the hook file itself, so the
-    child imports the harness the same way the hook did."""
-    args = cli.parse(argv)
+def main(script: str, argv: list[str], args: argparse.Namespace) -> dict:
+    """Evaluate as `script --child argv` would (`args`: argv parsed), supervised; `script` is the
+    hook file itself, so the child imports the harness the same way the hook did."""
     child = run_child([sys.executable, script, "--child", *argv], args.timeout)
     return classify(child, args.timeout)

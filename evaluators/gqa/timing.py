@@ -52,6 +52,11 @@ class Race:
     def speedup(self) -> float:
         return self.baseline.median_us / self.candidate.median_us
 
+    @property
+    def spread(self) -> float:
+        """The noisier side's relative interquartile spread."""
+        return max(self.candidate.spread, self.baseline.spread)
+
 
 @dataclass(frozen=True)
 class Budget:
@@ -62,8 +67,9 @@ class Budget:
 
 
 def _timed(fn: Callable, inputs: Inputs) -> tuple[float, mx.array]:
+    args = inputs.args()
     start = time.perf_counter()
-    out = fn(*inputs.args())
+    out = fn(*args)
     mx.eval(out)
     return time.perf_counter() - start, out
 
