@@ -506,19 +506,12 @@ __device__ __forceinline__ void gqa_cp_async_commit() { asm volatile("cp.async.c
 template <int N>
 __device__ __forceinline__ void gqa_cp_async_wait() { asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory"); }
 
-// Eight consecutive elements of a row (element stride `stride`) as four packed pairs: one 16-byte
-// load when `fast` (unit stride, aligned), zeros when not `valid`.
+// Eight consecutive elements of a row (element stride `stride`) as four packed pairs, zeros when
+// not `valid`: how the mma kernels gather their query fragments, once per block.
 template <typename T>
-__device__ __forceinline__ void gqa_load8_bits(const T* p, int64_t stride, bool fast, bool valid, uint32_t (&w)[4]) {
-  if (!valid) {
-    w[0] = w[1] = w[2] = w[3] = 0u;
-  } else if (fast) {
-    const uint4 x = __ldcs(reinterpret_cast<const uint4*>(p));  // streamed: each byte is read once
-    w[0] = x.x; w[1] = x.y; w[2] = x.z; w[3] = x.w;
-  } else {
+__device__ __forceinline__ void gqa_load8_bits(const T* p, int64_t stride, bool valid, uint32_t (&w)[4]) {
 #pragma unroll
-    for (int i = 0; i < 4; ++i) w[i] = gqa_pack_raw<T>(p[2 * i * stride], p[(2 * i + 1) * stride]);
-  }
+  for (int i = 0; i < 4; ++i) w[i] = valid ? gqa_pack_raw<T>(p[2 * i * stride], p[(2 * i + 1) * stride]) : 0u;
 }
 
 // d += a * b for one m16n8k16 tile, float accumulators (PTX ISA fragment layouts).
@@ -566,8 +559,8 @@ DECODE_MMA_SOURCE = r"""
   const T* kbase = keys + b * keys_strides[0] + kvh * keys_strides[1] + k_begin * keys_strides[2];
   const T* vbase = values + b * values_strides[0] + kvh * values_strides[1] + k_begin * values_strides[2];
   const int64_t krow = keys_strides[2], vrow = values_strides[2], kcol = keys_strides[3], vcol = values_strides[3];
-  const bool fast_k = kcol == 1 && krow % 8 == 0 && reinterpret_cast<uintptr_t>(kbase) % 16 == 0;
-  const bool fast_v = vcol == 1 && vrow % 8 == 0 && reinterpret_cast<uintptr_t>(vbase) % 16 == 0;
+  const bool fast = kcol == 1 && vcol == 1 && krow % 8 == 0 && vrow % 8 == 0 &&
+      reinterpret_cast<uintptr_t>(kbase) % 16 == 0 && reinterpret_cast<uintptr_t>(vbase) % 16 == 0;
   const float sl2 = scale[0] * LOG2E;
 
   // Query fragments: qa[s] is the A operand of k-step s (rows g and g + 8 of the tile).
@@ -581,7 +574,7 @@ DECODE_MMA_SOURCE = r"""
       for (int i = 0; i < KC; ++i) {
         uint32_t w[4];
         gqa_load8_bits(qb + (h0 + row) * queries_strides[1] + (32 * i + 8 * t) * queries_strides[3],
-                       queries_strides[3], false, row < G, w);
+                       queries_strides[3], row < G, w);
         qa[2 * i][half] = w[0];
         qa[2 * i][2 + half] = w[1];
         qa[2 * i + 1][half] = w[2];
@@ -611,7 +604,7 @@ DECODE_MMA_SOURCE = r"""
         const int row = i / CHUNKS, c = i % CHUNKS, key = k0 + row;
         T* kdst = kd + row * D + (c ^ ((row & 1) << 2)) * 8;
         T* vdst = vd + row * D + (c ^ (row & 6)) * 8;
-        if (fast_k && fast_v) {
+        if (fast) {
           gqa_cp_async16(kdst, kbase + min(key, n - 1) * krow + c * 8, key < n);
           gqa_cp_async16(vdst, vbase + min(key, n - 1) * vrow + c * 8, key < n);
         } else {
@@ -706,7 +699,7 @@ DECODE_MMA_SOURCE = r"""
   l1 += __shfl_xor_sync(0xffffffffu, l1, 1);
   l1 += __shfl_xor_sync(0xffffffffu, l1, 2);
 
-  // Merge the warps: a common maximum per row, then each warp in turn adds its rescaled values.
+  // Merge the warps: each row's common maximum and sum, then each warp in turn adds its rescaled values.
   // Lane (g, t) holds dims 64 (j / 8) + 8 (2t + e) + j % 8 of rows g and g + 8. All of it lives in
   // the dynamic shared memory, the rings' once every warp is done with its own (MLX opts a kernel
   // in to more than 48 KiB of shared memory only by its dynamic size).
@@ -722,10 +715,15 @@ DECODE_MMA_SOURCE = r"""
     wm[warp][g + 8] = m1; wl[warp][g + 8] = l1;
   }
   __syncthreads();
-  float best0 = -1e30f, best1 = -1e30f;
-#pragma unroll
-  for (int w = 0; w < WARPS; ++w) { best0 = fmaxf(best0, wm[w][g]); best1 = fmaxf(best1, wm[w][g + 8]); }
-  const float f0 = exp2f(m0 - best0), f1 = exp2f(m1 - best1);
+  for (int j = tid; j < G; j += THREADS) {
+    float best = -1e30f, total = 0.f;
+    for (int w = 0; w < WARPS; ++w) best = fmaxf(best, wm[w][j]);
+    for (int w = 0; w < WARPS; ++w) total += wl[w][j] * exp2f(wm[w][j] - best);
+    row_m[j] = best;
+    row_l[j] = total;
+  }
+  __syncthreads();
+  const float f0 = g < G ? exp2f(m0 - row_m[g]) : 0.f, f1 = TWO && g + 8 < G ? exp2f(m1 - row_m[g + 8]) : 0.f;
   for (int w = 0; w < WARPS; ++w) {
     if (w == warp) {
 #pragma unroll
@@ -739,14 +737,6 @@ DECODE_MMA_SOURCE = r"""
     }
     __syncthreads();
   }
-  for (int j = tid; j < G; j += THREADS) {
-    float best = -1e30f, total = 0.f;
-    for (int w = 0; w < WARPS; ++w) best = fmaxf(best, wm[w][j]);
-    for (int w = 0; w < WARPS; ++w) total += wl[w][j] * exp2f(wm[w][j] - best);
-    row_m[j] = best;
-    row_l[j] = total;
-  }
-  __syncthreads();
 
   const int64_t row0 = (int64_t)b * Hq + h0;  // output row of query head h0 + j: row0 + j
   if (nsplit == 1) {
@@ -798,7 +788,7 @@ MMA_SOURCE = r"""
     for (int i = 0; i < KC; ++i) {
       uint32_t w[4];
       gqa_load8_bits(qb + row * queries_strides[2] + (32 * i + 8 * t) * queries_strides[3], queries_strides[3],
-                     false, row < Lq, w);
+                     row < Lq, w);
       qa[2 * i][half] = w[0];
       qa[2 * i][2 + half] = w[1];
       qa[2 * i + 1][half] = w[2];
@@ -1111,8 +1101,8 @@ def _decode_mma(queries, keys, values, scale):
 
 def _mma(queries, keys, values, scale, causal):
     B, Hq, Lq, D = queries.shape
-    stages = 2 * 64 * ((D + 32) + (D + 8)) * queries.itemsize  # two (K, V) tiles of 64 padded rows
-    return _kernel("mma", stages)(
+    smem = 2 * 64 * ((D + 32) + (D + 8)) * queries.itemsize  # two stages of (K, V) tiles: BK rows of KP, VP
+    return _kernel("mma", smem)(
         inputs=[queries, keys, values, _const(float(scale), mx.float32)],
         template=[("T", queries.dtype), ("D", D), ("CAUSAL", bool(causal))],
         grid=(-(-Lq // 64) * 128, B * Hq, 1),
