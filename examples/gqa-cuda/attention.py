@@ -48,7 +48,7 @@ UNROLL = 1  # gitevolve: choices=[1, 2, 4, 8]
 # shared memory), then the lanes split the head dim for the values: no shuffle per key, 32 keys
 # a step, always one pass (needs THREADS >= 32; KEY_LANES, VEC, UNROLL and ONLINE_SOFTMAX are
 # then fixed by the head dim). "mma": decode (one query row) on the tensor cores, the GQA group as
-# the rows of an mma tile (float16/bfloat16, head dim 64 or 128, at most 16 query heads per KV
+# the columns of the mma tiles (float16/bfloat16, head dim 64 or 128, at most 16 query heads per KV
 # head, THREADS >= 32; other calls take "keys").
 DOT = "lanes"  # gitevolve: choices=["lanes", "keys", "mma"]
 
@@ -489,6 +489,14 @@ __device__ __forceinline__ uint32_t gqa_pack(float lo, float hi) {
 template <typename T>
 __device__ __forceinline__ uint32_t gqa_pack_raw(T lo, T hi) { return gqa_bits(lo) | (gqa_bits(hi) << 16); }
 
+// 2^x in one instruction (exp2f adds a range fix-up around it that softmax does not need: its
+// arguments are <= 0 or a few units above, and a flushed denormal is a zero weight).
+__device__ __forceinline__ float gqa_exp2(float x) {
+  float y;
+  asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+  return y;
+}
+
 // Four packed pairs from 16 bytes of shared memory.
 template <typename T>
 __device__ __forceinline__ void gqa_lds128(const T* p, uint32_t (&w)[4]) {
@@ -497,9 +505,16 @@ __device__ __forceinline__ void gqa_lds128(const T* p, uint32_t (&w)[4]) {
 }
 
 // 16 bytes from global to shared memory without a trip through registers; zeros when not `valid`.
+// `.ca`, not the L1-bypassing `.cg`: measured on the H100 (Nsight Compute, decode at 32k), `.cg`
+// asked L2 for each 32-byte sector twice, once per 16-byte half (8.4M sector reads and 3.2M
+// requests for 4.2M sectors of K/V), `.ca` once (1.06M requests), and the kernel took 11% less time.
 __device__ __forceinline__ void gqa_cp_async16(void* smem, const void* gmem, bool valid) {
   const unsigned dst = static_cast<unsigned>(__cvta_generic_to_shared(smem));
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(gmem), "r"(valid ? 16 : 0));
+  asm volatile("cp.async.ca.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(gmem), "r"(valid ? 16 : 0));
+}
+__device__ __forceinline__ void gqa_cp_async16(void* smem, const void* gmem) {
+  const unsigned dst = static_cast<unsigned>(__cvta_generic_to_shared(smem));
+  asm volatile("cp.async.ca.shared.global [%0], [%1], 16;\n" ::"r"(dst), "l"(gmem));
 }
 __device__ __forceinline__ void gqa_cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
 // Wait until at most N of this thread's cp.async groups are still in flight.
@@ -512,6 +527,31 @@ template <typename T>
 __device__ __forceinline__ void gqa_load8_bits(const T* p, int64_t stride, bool valid, uint32_t (&w)[4]) {
 #pragma unroll
   for (int i = 0; i < 4; ++i) w[i] = valid ? gqa_pack_raw<T>(p[2 * i * stride], p[(2 * i + 1) * stride]) : 0u;
+}
+
+// Four 8x8 matrices of 16-bit elements from shared memory: lanes 8i..8i+7 give the row addresses
+// of matrix i, and each lane gets (row l / 4, columns 2 (l % 4) + (0, 1)) of every matrix, the A
+// operand layout of an mma.
+__device__ __forceinline__ void gqa_ldsm_x4(const void* p, uint32_t (&r)[4]) {
+  const unsigned a = static_cast<unsigned>(__cvta_generic_to_shared(p));
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(a));
+}
+// The transpose of an 8x8 matrix of 16-bit pairs held one pair per lane in the mma layout (lane l
+// holds row l / 4, columns 2 (l % 4) + (0, 1)): an accumulator becomes an operand.
+__device__ __forceinline__ uint32_t gqa_movmatrix_trans(uint32_t x) {
+  uint32_t y;
+  asm volatile("movmatrix.sync.aligned.m8n8.trans.b16 %0, %1;\n" : "=r"(y) : "r"(x));
+  return y;
+}
+
+// Four 8x8 matrices of 16-bit elements from shared memory, transposed: lanes 8i..8i+7 give the row
+// addresses of matrix i, and each lane gets (row 2 (l % 4) + (0, 1), column l / 4) of every matrix,
+// the B operand layout of an mma whose k runs along the matrices' rows.
+__device__ __forceinline__ void gqa_ldsm_x4_trans(const void* p, uint32_t (&r)[4]) {
+  const unsigned a = static_cast<unsigned>(__cvta_generic_to_shared(p));
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(a));
 }
 
 // d += a * b for one m16n8k16 tile, float accumulators (PTX ISA fragment layouts).
@@ -527,29 +567,33 @@ __device__ __forceinline__ void gqa_mma(float (&d)[4], const uint32_t (&a)[4], u
 }
 """
 
-# Decode (Lq = 1) on the tensor cores: the G query heads of a KV head are the rows of an m16n8k16
-# tile (G <= 16), so each key and value is read from memory once for the whole group. Each warp
-# walks 16-key tiles of its block's split, copying them with cp.async into its own ring of STAGES
-# tiles in shared memory, so STAGES - 1 tiles are in flight while it computes one (the loads are
-# what bounds decode; registers alone cannot hold that many). A dot product does not care in which
-# order it adds the head dim, so lane (g, t) takes dims [32i + 8t, +8) of key g of an 8-key tile,
-# with the query fragments gathered in the same order; for P V the value tile's columns are ordered
-# so that lane (g, t) takes dims [64c + 8g, +8) of keys 2t, 2t+1, 2t+8, 2t+9 and only pairs them
-# up with byte permutes. Every fragment is one 16-byte shared load, and the chunks of a row are
-# XOR-swizzled so that those loads are free of bank conflicts. The warps then merge through
-# shared memory, and the splits as in the vector kernel.
-# Template arguments: T, D (64 or 128), G, THREADS, STAGES, ATOMIC, MAX_SPLITS.
+# Decode (Lq = 1) on the tensor cores. A KV head's G query heads share every key and value, so the
+# kernel computes S^T = K Q^T and O^T = V^T P^T: the 16 keys of a tile, and the head dim, are the
+# 16-row side of each m16n8k16 mma and the G query heads its 8-column side (two column tiles when
+# G > 8). Decode is bound by memory only if a warp's tile costs little, and a split is served by
+# few warps, so that side halves the mma count and the accumulator registers of a Q K^T layout
+# (where 16 rows hold 5 query heads for Qwen3-14B), which lets more warps share an SM.
+# Each warp walks 16-key tiles of its block's split, copying them with cp.async into its own ring
+# of STAGES tiles in shared memory, so STAGES - 1 tiles are in flight while it computes one. Row r's
+# 16-byte chunk c is stored at chunk c ^ (r & 7), so that the `ldmatrix` loads of K (as it is) and V
+# (transposed) are free of bank conflicts; a lane's copy addresses are computed once and only
+# offset per tile (a split's last tile, the only one that may be partial, takes the careful path).
+# P^T leaves the first mma as an accumulator and enters the second as an operand, transposed by
+# `movmatrix`. The softmax rescales its sums only when a query's maximum grows by more than 2^8 (as
+# FlashAttention-4 does): the exponentials stay below 256, exact in float32 sums and in
+# half-precision P, and the rescale runs a few times per split instead of once per tile.
+# The warps then merge through shared memory, and the splits as in the vector kernel.
+# Template arguments: T, D (64 or 128), G (<= 16), THREADS, STAGES, ATOMIC, MAX_SPLITS.
 DECODE_MMA_SOURCE = r"""
-  constexpr int WARPS = THREADS / 32, P = D + 4, KC = D / 32, VC = D / 64;
+  constexpr int WARPS = THREADS / 32, P = D + 4, KS = D / 16, NT = (G + 7) / 8;
   constexpr int MERGE_FLOATS = G * D > 2 * G * MAX_SPLITS ? G * D : 2 * G * MAX_SPLITS;
-  constexpr bool TWO = G > 8;  // the tile's rows 8..15 hold query heads too
-  constexpr float LOG2E = 1.4426950408889634f;
+  constexpr float LOG2E = 1.4426950408889634f, SLACK = 8.f;  // rescale when a maximum grows past 2^SLACK
   const float NEG_INF = -__int_as_float(0x7f800000);
 
   const int Hq = queries_shape[1], Hkv = keys_shape[1], Lk = keys_shape[2];
   const int nsplit = gridDim.x, split = blockIdx.x;
   const int b = blockIdx.y / Hkv, kvh = blockIdx.y % Hkv, h0 = kvh * G;
-  const int tid = threadIdx.x, warp = tid / 32, g = (tid % 32) / 4, t = tid % 4;
+  const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32, g = lane / 4, t = lane % 4;
 
   // This block's keys: whole 16-key tiles, so only a split's last tile is partly past its end.
   const int per = ((Lk + nsplit - 1) / nsplit + 15) / 16 * 16;
@@ -563,55 +607,76 @@ DECODE_MMA_SOURCE = r"""
       reinterpret_cast<uintptr_t>(kbase) % 16 == 0 && reinterpret_cast<uintptr_t>(vbase) % 16 == 0;
   const float sl2 = scale[0] * LOG2E;
 
-  // Query fragments: qa[s] is the A operand of k-step s (rows g and g + 8 of the tile).
-  uint32_t qa[D / 16][4];
+  // Q^T as the B operand of k-step s and column tile nt: query head 8 nt + g, dims 16 s + 2t (+1) and
+  // 16 s + 8 + 2t (+1); zeros past the group.
+  uint32_t qb[NT][KS][2];
   {
-    const T* qb = queries + b * queries_strides[0];
+    const T* qh = queries + b * queries_strides[0];
+    const int64_t qd = queries_strides[3];
 #pragma unroll
-    for (int half = 0; half < 2; ++half) {
-      const int row = g + 8 * half;
+    for (int nt = 0; nt < NT; ++nt) {
+      const int head = 8 * nt + g;
+      const T* qr = qh + (h0 + min(head, G - 1)) * queries_strides[1];
 #pragma unroll
-      for (int i = 0; i < KC; ++i) {
-        uint32_t w[4];
-        gqa_load8_bits(qb + (h0 + row) * queries_strides[1] + (32 * i + 8 * t) * queries_strides[3],
-                       queries_strides[3], row < G, w);
-        qa[2 * i][half] = w[0];
-        qa[2 * i][2 + half] = w[1];
-        qa[2 * i + 1][half] = w[2];
-        qa[2 * i + 1][2 + half] = w[3];
-      }
+      for (int s = 0; s < KS; ++s)
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+          const int d = 16 * s + 8 * h + 2 * t;
+          qb[nt][s][h] = head < G ? gqa_pack_raw<T>(qr[d * qd], qr[(d + 1) * qd]) : 0u;
+        }
     }
   }
 
-  float o[D / 8][4];
+  // O^T: o[mt][nt] holds dims 16 mt + g (+8) of query heads 8 nt + 2t (+1).
+  float o[KS][NT][4];
 #pragma unroll
-  for (int j = 0; j < D / 8; ++j) o[j][0] = o[j][1] = o[j][2] = o[j][3] = 0.f;
-  float m0 = -1e30f, m1 = -1e30f, l0 = 0.f, l1 = 0.f;  // finite start: exp2(m - m) is 1, never NaN
+  for (int mt = 0; mt < KS; ++mt)
+#pragma unroll
+    for (int nt = 0; nt < NT; ++nt) o[mt][nt][0] = o[mt][nt][1] = o[mt][nt][2] = o[mt][nt][3] = 0.f;
+  // Per lane, for query heads 8 nt + 2t + e: the running maximum (the same in every lane of a
+  // column) and this lane's part of the sum.
+  float m[NT][2], l[NT][2];
+#pragma unroll
+  for (int nt = 0; nt < NT; ++nt) m[nt][0] = m[nt][1] = -1e30f, l[nt][0] = l[nt][1] = 0.f;  // finite: never NaN
 
-  // This warp's ring: STAGES x (a K tile, then a V tile), 16 rows of D elements each. Row r's
-  // 16-byte chunk c sits at chunk c ^ ((r & 1) << 2) for K and c ^ (r & 6) for V.
-  constexpr int TILE = 16 * D, CHUNKS = D / 8;
+  constexpr int TILE = 16 * D, CHUNKS = D / 8, ROWS = 32 / CHUNKS, COPIES = 16 / ROWS;
   extern __shared__ __align__(16) unsigned char gqa_smem[];
-  T* ring = reinterpret_cast<T*>(gqa_smem) + warp * STAGES * 2 * TILE;
-  const int lane = tid % 32, ntiles = (n + 15) / 16;
+  T* ring = reinterpret_cast<T*>(gqa_smem) + warp * STAGES * 2 * TILE;  // STAGES x (K tile, V tile)
+  const int ntiles = (n + 15) / 16;
   const int mine = ntiles > warp ? (ntiles - warp + WARPS - 1) / WARPS : 0;  // warp-uniform
+  // A lane copies chunk `cc` of rows rr + ROWS j of every tile. When the rows are D apart (a cache's
+  // usual layout, views of it included) every offset but the tile's is a constant of the
+  // instruction, and the swizzle's XOR takes a few values known per lane (rr < ROWS, a power of two).
+  const int cc = lane % CHUNKS, rr = lane / CHUNKS;
+  const bool packed = fast && krow == D && vrow == D;
+  const T* klane = kbase + rr * D + cc * 8;
+  const T* vlane = vbase + rr * D + cc * 8;
   auto fetch = [&](int it) {  // this warp's tile `it` into its stage; one cp.async group either way
-    const int k0 = (warp + it * WARPS) * 16;
-    T* kd = ring + (it % STAGES) * 2 * TILE;
-    T* vd = kd + TILE;
     if (it < mine) {
-      for (int i = lane; i < 16 * CHUNKS; i += 32) {
-        const int row = i / CHUNKS, c = i % CHUNKS, key = k0 + row;
-        T* kdst = kd + row * D + (c ^ ((row & 1) << 2)) * 8;
-        T* vdst = vd + row * D + (c ^ (row & 6)) * 8;
-        if (fast) {
-          gqa_cp_async16(kdst, kbase + min(key, n - 1) * krow + c * 8, key < n);
-          gqa_cp_async16(vdst, vbase + min(key, n - 1) * vrow + c * 8, key < n);
-        } else {
+      const int k0 = (warp + it * WARPS) * 16;
+      T* kd = ring + (it % STAGES) * 2 * TILE;
+      T* vd = kd + TILE;
+      if (packed && k0 + 16 <= n) {
+        const T* ks = klane + k0 * D;
+        const T* vs = vlane + k0 * D;
 #pragma unroll
-          for (int e = 0; e < 8; ++e) {
-            kdst[e] = key < n ? kbase[key * krow + (c * 8 + e) * kcol] : gqa_cast<T>(0.f);
-            vdst[e] = key < n ? vbase[key * vrow + (c * 8 + e) * vcol] : gqa_cast<T>(0.f);
+        for (int j = 0; j < COPIES; ++j) {
+          const int at = (rr + ROWS * j) * D + ((cc ^ rr) ^ ((ROWS * j) & 7)) * 8;
+          gqa_cp_async16(kd + at, ks + ROWS * j * D);
+          gqa_cp_async16(vd + at, vs + ROWS * j * D);
+        }
+      } else {
+        for (int i = lane; i < 16 * CHUNKS; i += 32) {
+          const int row = i / CHUNKS, c = i % CHUNKS, key = k0 + row, at = row * D + (c ^ (row & 7)) * 8;
+          if (fast) {
+            gqa_cp_async16(kd + at, kbase + min(key, n - 1) * krow + c * 8, key < n);
+            gqa_cp_async16(vd + at, vbase + min(key, n - 1) * vrow + c * 8, key < n);
+          } else {
+#pragma unroll
+            for (int e = 0; e < 8; ++e) {
+              kd[at + e] = key < n ? kbase[key * krow + (c * 8 + e) * kcol] : gqa_cast<T>(0.f);
+              vd[at + e] = key < n ? vbase[key * vrow + (c * 8 + e) * vcol] : gqa_cast<T>(0.f);
+            }
           }
         }
       }
@@ -620,6 +685,12 @@ DECODE_MMA_SOURCE = r"""
   };
   for (int it = 0; it < STAGES - 1; ++it) fetch(it);
 
+  // ldmatrix row addresses (lanes 8i..8i+7 give matrix i's rows), the swizzle's XOR folded in:
+  // K (A of k-step s): key l % 16 of chunk 2s + l / 16; V (transposed, A of row tile mt): key
+  // l % 8 + 8 (l / 16) of chunk 2 mt + (l / 8) % 2.
+  const int kkey = lane % 16, kx = (lane / 16) ^ (lane & 7);
+  const int vkey = lane % 8 + 8 * (lane / 16), vx = ((lane / 8) & 1) ^ (lane & 7);
+
   for (int it = 0; it < mine; ++it) {
     fetch(it + STAGES - 1);
     gqa_cp_async_wait<STAGES - 1>();  // this lane's copies of tile `it` have landed ...
@@ -627,82 +698,88 @@ DECODE_MMA_SOURCE = r"""
     const int k0 = (warp + it * WARPS) * 16;
     const T* ks = ring + (it % STAGES) * 2 * TILE;
     const T* vs = ks + TILE;
-    uint32_t kr[2][KC][4], vr[4][VC][4];
-#pragma unroll
-    for (int nt = 0; nt < 2; ++nt)
-#pragma unroll
-      for (int i = 0; i < KC; ++i) gqa_lds128(ks + (nt * 8 + g) * D + ((4 * i + t) ^ ((g & 1) << 2)) * 8, kr[nt][i]);
-#pragma unroll
-    for (int r = 0; r < 4; ++r) {
-      const int row = 2 * t + (r & 1) + 8 * (r >> 1);
-#pragma unroll
-      for (int c = 0; c < VC; ++c) gqa_lds128(vs + row * D + ((8 * c + g) ^ (row & 6)) * 8, vr[r][c]);
-    }
 
-    // S = Q K^T: rows are query heads, columns keys k0 + 8 nt + 2t + (0, 1).
-    float s[2][4];
+    // S^T = K Q^T in two chains (even and odd k-steps) that the tensor cores overlap. Lane (g, t)
+    // gets keys k0 + g (+8) of query heads 8 nt + 2t (+1).
+    float s[NT][4], s2[NT][4];
 #pragma unroll
-    for (int nt = 0; nt < 2; ++nt) {
-      s[nt][0] = s[nt][1] = s[nt][2] = s[nt][3] = 0.f;
+    for (int nt = 0; nt < NT; ++nt)
 #pragma unroll
-      for (int i = 0; i < KC; ++i) {
-        gqa_mma(s[nt], qa[2 * i], kr[nt][i][0], kr[nt][i][1], T());
-        gqa_mma(s[nt], qa[2 * i + 1], kr[nt][i][2], kr[nt][i][3], T());
-      }
+      for (int e = 0; e < 4; ++e) s[nt][e] = s2[nt][e] = 0.f;
+#pragma unroll
+    for (int st = 0; st < KS; ++st) {
+      uint32_t ka[4];
+      gqa_ldsm_x4(ks + kkey * D + ((2 * st) ^ kx) * 8, ka);
+#pragma unroll
+      for (int nt = 0; nt < NT; ++nt) gqa_mma(st % 2 ? s2[nt] : s[nt], ka, qb[nt][st][0], qb[nt][st][1], T());
     }
-    float top0 = m0, top1 = m1;
+    const bool partial = k0 + 16 > n;  // warp-uniform
+    bool grow = false;
+    float top[NT][2];
 #pragma unroll
-    for (int nt = 0; nt < 2; ++nt)
+    for (int nt = 0; nt < NT; ++nt) {
 #pragma unroll
       for (int e = 0; e < 4; ++e) {
-        s[nt][e] = k0 + nt * 8 + 2 * t + (e & 1) < n ? s[nt][e] * sl2 : NEG_INF;
-        if (e < 2) top0 = fmaxf(top0, s[nt][e]); else top1 = fmaxf(top1, s[nt][e]);
+        const float x = (s[nt][e] + s2[nt][e]) * sl2;
+        s[nt][e] = !partial || k0 + g + 8 * (e / 2) < n ? x : NEG_INF;
       }
-    top0 = fmaxf(top0, __shfl_xor_sync(0xffffffffu, top0, 1));
-    top0 = fmaxf(top0, __shfl_xor_sync(0xffffffffu, top0, 2));
-    if constexpr (TWO) {
-      top1 = fmaxf(top1, __shfl_xor_sync(0xffffffffu, top1, 1));
-      top1 = fmaxf(top1, __shfl_xor_sync(0xffffffffu, top1, 2));
+#pragma unroll
+      for (int e = 0; e < 2; ++e) {
+        top[nt][e] = fmaxf(s[nt][e], s[nt][e + 2]);
+        grow = grow || top[nt][e] > m[nt][e] + SLACK;
+      }
     }
-    const float c0 = exp2f(m0 - top0), c1 = TWO ? exp2f(m1 - top1) : 1.f;
-    m0 = top0;
-    m1 = top1;
-    l0 *= c0;
-    l1 *= c1;
+    // A query's maximum is shared by the 8 lanes of its column: raise it past SLACK only.
+    if (__any_sync(0xffffffffu, grow)) {
 #pragma unroll
-    for (int j = 0; j < D / 8; ++j) { o[j][0] *= c0; o[j][1] *= c0; if (TWO) { o[j][2] *= c1; o[j][3] *= c1; } }
+      for (int nt = 0; nt < NT; ++nt)
 #pragma unroll
-    for (int nt = 0; nt < 2; ++nt) {
-      s[nt][0] = exp2f(s[nt][0] - m0);
-      s[nt][1] = exp2f(s[nt][1] - m0);
-      s[nt][2] = TWO ? exp2f(s[nt][2] - m1) : 0.f;
-      s[nt][3] = TWO ? exp2f(s[nt][3] - m1) : 0.f;
-      l0 += s[nt][0] + s[nt][1];
-      l1 += s[nt][2] + s[nt][3];
+        for (int e = 0; e < 2; ++e) {
+          float x = top[nt][e];
+          x = fmaxf(x, __shfl_xor_sync(0xffffffffu, x, 4));
+          x = fmaxf(x, __shfl_xor_sync(0xffffffffu, x, 8));
+          x = fmaxf(fmaxf(x, __shfl_xor_sync(0xffffffffu, x, 16)), m[nt][e]);
+          const float c = gqa_exp2(m[nt][e] - x);
+          m[nt][e] = x;
+          l[nt][e] *= c;
+#pragma unroll
+          for (int mt = 0; mt < KS; ++mt) { o[mt][nt][e] *= c; o[mt][nt][e + 2] *= c; }
+        }
     }
-
-    // O += P V. B operand of column tile j: V[keys 2t, 2t+1 (and +8)][dim 64 (j / 8) + 8 g + j % 8],
-    // paired from the rows loaded above with byte permutes.
-    const uint32_t pa[4] = {gqa_pack<T>(s[0][0], s[0][1]), gqa_pack<T>(s[0][2], s[0][3]),
-                            gqa_pack<T>(s[1][0], s[1][1]), gqa_pack<T>(s[1][2], s[1][3])};
+    // P^T, then transposed into the B operand of O^T += V^T P^T: keys 2t (+1) and 2t + 8 (+1) of
+    // query head 8 nt + g.
+    uint32_t pb[NT][2];
 #pragma unroll
-    for (int j = 0; j < D / 8; ++j) {
-      const int c = j / 8, w = (j % 8) / 2;
-      const unsigned sel = (j % 2) ? 0x7632u : 0x5410u;
-      gqa_mma(o[j], pa, __byte_perm(vr[0][c][w], vr[1][c][w], sel), __byte_perm(vr[2][c][w], vr[3][c][w], sel), T());
+    for (int nt = 0; nt < NT; ++nt) {
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        s[nt][e] = gqa_exp2(s[nt][e] - m[nt][e % 2]);
+        l[nt][e % 2] += s[nt][e];
+      }
+      pb[nt][0] = gqa_movmatrix_trans(gqa_pack<T>(s[nt][0], s[nt][1]));
+      pb[nt][1] = gqa_movmatrix_trans(gqa_pack<T>(s[nt][2], s[nt][3]));
+    }
+#pragma unroll
+    for (int mt = 0; mt < KS; ++mt) {
+      uint32_t va[4];
+      gqa_ldsm_x4_trans(vs + vkey * D + ((2 * mt) ^ vx) * 8, va);
+#pragma unroll
+      for (int nt = 0; nt < NT; ++nt) gqa_mma(o[mt][nt], va, pb[nt][0], pb[nt][1], T());
     }
     __syncwarp();  // every lane is done with this stage before it is refilled
   }
   gqa_cp_async_wait<0>();  // the groups committed past the last tile are empty; none is left behind
-  l0 += __shfl_xor_sync(0xffffffffu, l0, 1);
-  l0 += __shfl_xor_sync(0xffffffffu, l0, 2);
-  l1 += __shfl_xor_sync(0xffffffffu, l1, 1);
-  l1 += __shfl_xor_sync(0xffffffffu, l1, 2);
+#pragma unroll
+  for (int nt = 0; nt < NT; ++nt)
+#pragma unroll
+    for (int e = 0; e < 2; ++e)
+#pragma unroll
+      for (int off = 4; off < 32; off *= 2) l[nt][e] += __shfl_xor_sync(0xffffffffu, l[nt][e], off);
 
-  // Merge the warps: each row's common maximum and sum, then each warp in turn adds its rescaled values.
-  // Lane (g, t) holds dims 64 (j / 8) + 8 (2t + e) + j % 8 of rows g and g + 8. All of it lives in
-  // the dynamic shared memory, the rings' once every warp is done with its own (MLX opts a kernel
-  // in to more than 48 KiB of shared memory only by its dynamic size).
+  // Merge the warps: each query head's common maximum and sum, then each warp in turn adds its
+  // rescaled values. All of it lives in the dynamic shared memory, the rings' once every warp is
+  // done with its own (MLX opts a kernel in to more than 48 KiB of shared memory only by its
+  // dynamic size).
   __syncthreads();
   float* acc = reinterpret_cast<float*>(gqa_smem);  // G x D values; later the merge's scratch
   float (*wm)[16] = reinterpret_cast<float (*)[16]>(acc + MERGE_FLOATS);
@@ -710,10 +787,14 @@ DECODE_MMA_SOURCE = r"""
   float* row_m = &wl[WARPS][0];
   float* row_l = row_m + G;
   for (int i = tid; i < G * D; i += THREADS) acc[i] = 0.f;
-  if (t == 0) {
-    wm[warp][g] = m0; wl[warp][g] = l0;
-    wm[warp][g + 8] = m1; wl[warp][g + 8] = l1;
-  }
+  if (g == 0)
+#pragma unroll
+    for (int nt = 0; nt < NT; ++nt)
+#pragma unroll
+      for (int e = 0; e < 2; ++e) {
+        const int head = 8 * nt + 2 * t + e;
+        if (head < G) { wm[warp][head] = m[nt][e]; wl[warp][head] = l[nt][e]; }
+      }
   __syncthreads();
   for (int j = tid; j < G; j += THREADS) {
     float best = -1e30f, total = 0.f;
@@ -723,17 +804,25 @@ DECODE_MMA_SOURCE = r"""
     row_l[j] = total;
   }
   __syncthreads();
-  const float f0 = g < G ? exp2f(m0 - row_m[g]) : 0.f, f1 = TWO && g + 8 < G ? exp2f(m1 - row_m[g + 8]) : 0.f;
+  float f[NT][2];
+#pragma unroll
+  for (int nt = 0; nt < NT; ++nt)
+#pragma unroll
+    for (int e = 0; e < 2; ++e) {
+      const int head = 8 * nt + 2 * t + e;
+      f[nt][e] = head < G ? exp2f(m[nt][e] - row_m[head]) : 0.f;
+    }
   for (int w = 0; w < WARPS; ++w) {
     if (w == warp) {
 #pragma unroll
-      for (int j = 0; j < D / 8; ++j)
+      for (int mt = 0; mt < KS; ++mt)
 #pragma unroll
-        for (int e = 0; e < 2; ++e) {
-          const int d = 64 * (j / 8) + 8 * (2 * t + e) + j % 8;
-          if (g < G) acc[g * D + d] += o[j][e] * f0;
-          if (TWO && g + 8 < G) acc[(g + 8) * D + d] += o[j][2 + e] * f1;
-        }
+        for (int nt = 0; nt < NT; ++nt)
+#pragma unroll
+          for (int e = 0; e < 4; ++e) {
+            const int head = 8 * nt + 2 * t + e % 2, d = 16 * mt + g + 8 * (e / 2);
+            if (head < G) acc[head * D + d] += o[mt][nt][e] * f[nt][e % 2];
+          }
     }
     __syncthreads();
   }
