@@ -22,7 +22,8 @@ and the interquartile spread are reported. It also measures the device's copy an
 read, over its amortised time), and checks every scenario's output against the float32 reference
 on fresh inputs, computed on the CPU stream (on a CUDA GPU, MLX's float32 matmuls run as TF32,
 ~2e-3 off in float32). --sweep first walks the candidate's tunables (coordinate descent on the amortised
-decode time, each setting checked for correctness) and then benchmarks the best setting found.
+decode time, each setting checked for correctness, then timed interleaved with the best setting so
+far and kept only if at least 3% faster) and then benchmarks the best setting found.
 """
 
 from __future__ import annotations
@@ -514,12 +515,22 @@ def table(results: list[dict], bw: dict) -> str:
 # ---------------------------------------------------------------------------------------------
 # Sweep: coordinate descent over the Python tunables, on the amortised decode time
 
+# A trial replaces the incumbent only when the geometric mean of its time ratios to it, measured
+# interleaved, is below this.
+SWEEP_MARGIN = 0.97
+
 
 def sweep(module, calls: int, rounds: int, budget_s: float, timed=SWEEP_TIMED, checked=SWEEP_CHECKED,
           start: dict | None = None, log=print) -> dict:
+    """Coordinate descent over the candidate's tunables. Each trial setting must be right on
+    `checked`, then it races the incumbent (the best setting so far, held by a second instance of
+    the candidate) round by round on the same inputs, and wins only by SWEEP_MARGIN. On the lent
+    H100, settings timed minutes apart moved by about 15% from drift alone (settings that cannot
+    matter differed that much), and a sweep that compared such times picked a setting a third
+    slower on the GPU than the best one it had tried."""
     space = {k: v for k, v in tunables(module).items() if k != "PREFILL"}
     initial = current_settings(module)
-    fn = module.gqa_attention
+    incumbent = guards.load_candidate(Path(module.__file__))
     sets = {s.name: [mlx_inputs(s) for _ in range(calls)] for s in timed}
     mlx_times = {}
     warm_up(0.2 if mx.default_device() == mx.cpu else 2.0)
@@ -530,35 +541,44 @@ def sweep(module, calls: int, rounds: int, budget_s: float, timed=SWEEP_TIMED, c
     seen: dict[str, dict] = {}
     began = time.perf_counter()
 
-    def measure(settings: dict, rounds_here: int = rounds) -> dict:
-        key = json.dumps(settings, sort_keys=True)
+    def measure(settings: dict, rival=None, rounds_here: int = rounds) -> dict:
+        """`settings` checked, then timed alone or, given a rival module, interleaved with it."""
+        key = _key(settings)
         if key in seen:
             return seen[key]
         apply_settings(module, settings)
         entry = {"settings": dict(settings)}
         try:
-            for s in checked:
-                c = check(fn, s, calls=1)
-                if not c["ok"]:
-                    entry.update(ok=False, failed=s.name, error=c.get("max_abs_error"))
-                    break
+            wrong = _first_wrong(module.gqa_attention, checked)
+            if wrong:
+                entry.update(ok=False, failed=wrong[0], error=wrong[1])
             else:
-                times = {}
+                ours, theirs = {}, {}
                 for s in timed:
-                    c = mlx_contender("candidate", fn, s, inputs=sets[s.name])
-                    times[s.name] = time_amortised([c], rounds_here)["candidate"]["median_us"]
-                entry.update(ok=True, amortised_us=times,
-                             geomean_us=math.exp(statistics.fmean(math.log(t) for t in times.values())))
+                    contenders = [mlx_contender("trial", module.gqa_attention, s, inputs=sets[s.name])]
+                    if rival is not None:
+                        contenders.append(mlx_contender("incumbent", rival.gqa_attention, s, inputs=sets[s.name]))
+                    t = time_amortised(contenders, rounds_here)
+                    ours[s.name] = t["trial"]["median_us"]
+                    if rival is not None:
+                        theirs[s.name] = t["incumbent"]["median_us"]
+                entry.update(ok=True, amortised_us=ours, geomean_us=_geomean(ours.values()))
+                if rival is not None:
+                    entry.update(incumbent_us=theirs, ratio=_geomean(ours[n] / theirs[n] for n in ours))
         except Exception as e:  # a compile error or a bad launch: this setting fails, the sweep goes on
             entry.update(ok=False, failed="exception", error=f"{type(e).__name__}: {str(e)[:2000]}")
         seen[key] = entry
-        shown = f"{entry['geomean_us']:.1f} us" if entry.get("ok") else f"FAILED ({entry.get('failed')}: {entry.get('error')})"
-        log(f"[{time.perf_counter() - began:6.1f}s] {shown:>12}  {_diff(settings, initial)}")
+        if not entry.get("ok"):
+            shown = f"FAILED ({entry.get('failed')}: {entry.get('error')})"
+        else:
+            shown = f"{entry['geomean_us']:.1f} us" + (f" x{entry['ratio']:.3f}" if "ratio" in entry else "")
+        log(f"[{time.perf_counter() - began:6.1f}s] {shown:>20}  {_diff(settings, initial)}")
         return entry
 
-    measure(initial, 1)  # the file's own setting, for the record (it can be very slow: one round)
+    measure(initial, rounds_here=1)  # the file's own setting, for the record (it can be very slow: one round)
     best = dict(start or initial)
     best_entry = measure(best)
+    apply_settings(incumbent, best)
     out_of_time = lambda: time.perf_counter() - began > budget_s  # noqa: E731
     for _ in range(2):  # at most two passes over the tunables
         improved = False
@@ -567,9 +587,12 @@ def sweep(module, calls: int, rounds: int, budget_s: float, timed=SWEEP_TIMED, c
                 if value == best[name] or out_of_time():
                     continue
                 trial = {**best, name: value}
-                entry = measure(trial)
-                if entry.get("ok") and (not best_entry.get("ok") or entry["geomean_us"] < best_entry["geomean_us"]):
+                if _key(trial) in seen:  # an earlier incumbent, or a setting that lost its race
+                    continue
+                entry = measure(trial, rival=incumbent if best_entry.get("ok") else None)
+                if entry.get("ok") and (not best_entry.get("ok") or entry["ratio"] < SWEEP_MARGIN):
                     best, best_entry, improved = trial, entry, True
+                    apply_settings(incumbent, best)
         if out_of_time():
             log("sweep budget spent")
         if not improved or out_of_time():
@@ -577,7 +600,24 @@ def sweep(module, calls: int, rounds: int, budget_s: float, timed=SWEEP_TIMED, c
     apply_settings(module, best)
     history = list(seen.values())
     return {"initial": initial, "best": best, "best_entry": best_entry, "mlx_amortised_us": mlx_times,
-            "tried": history, "initial_entry": history[0]}
+            "margin": SWEEP_MARGIN, "tried": history, "initial_entry": history[0]}
+
+
+def _key(settings: dict) -> str:
+    return json.dumps(settings, sort_keys=True)
+
+
+def _first_wrong(fn, checked) -> tuple[str, float] | None:
+    """The first scenario of `checked` on which `fn` is wrong, with its worst error; None if none."""
+    for s in checked:
+        c = check(fn, s, calls=1)
+        if not c["ok"]:
+            return s.name, c.get("max_abs_error")
+    return None
+
+
+def _geomean(values) -> float:
+    return math.exp(statistics.fmean(math.log(v) for v in values))
 
 
 def _diff(settings: dict, initial: dict) -> str:

@@ -295,14 +295,23 @@ def test_bench_times_real_contenders_interleaved(bench):
         assert all(t["median_us"] > 0 and t["n"] in (2, 4) for t in timing.values())
 
 
-def test_bench_sweep_finds_a_setting_no_worse_than_where_it_started(bench):
+def test_bench_sweep_keeps_a_setting_only_when_it_beats_the_best_side_by_side(bench):
     module, _ = bench.load_candidate(str(MLX_EXAMPLE))
+    start = bench.current_settings(module)
     timed = (bench.Scenario("s", 1, 8, 2, 1, 96, "float16", head_dim=32),)
     checked = (bench.Scenario("c", 1, 8, 2, 3, 20, "float16", head_dim=32),)
     result = bench.sweep(module, calls=2, rounds=1, budget_s=4.0, timed=timed, checked=checked, log=lambda m: None)
     tried = [t for t in result["tried"] if t.get("ok")]
     assert len(tried) >= 2 and result["best_entry"]["ok"]
-    assert result["best_entry"]["geomean_us"] <= min(t["geomean_us"] for t in tried if t["settings"] == result["initial"])
+    raced = [t for t in tried if "ratio" in t]
+    assert raced, "no trial was timed against the incumbent"
+    for t in raced:  # both timed in the same rounds, on the same scenarios
+        assert t["incumbent_us"].keys() == t["amortised_us"].keys() == {"s"}
+        assert t["ratio"] == pytest.approx(t["amortised_us"]["s"] / t["incumbent_us"]["s"])
+    if result["best"] != start:
+        assert result["best_entry"]["ratio"] < result["margin"]
+    else:
+        assert all(t["ratio"] >= result["margin"] for t in raced)
     assert bench.current_settings(module) == result["best"]
 
 
