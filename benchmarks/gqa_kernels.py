@@ -50,6 +50,7 @@ import numpy as np  # noqa: E402
 
 from benchmarks.candidate_file import candidate_file  # noqa: E402
 from evaluators.gqa import guards, timing  # noqa: E402
+from evaluators.gqa.summary import geomean  # noqa: E402
 from evaluators.gqa.correctness import QUERY_STD, fresh_seed  # noqa: E402
 from evaluators.gqa.reference import gqa_reference  # noqa: E402
 from evaluators.gqa.shapes import ITEMSIZE  # noqa: E402
@@ -562,9 +563,9 @@ def sweep(module, calls: int, rounds: int, budget_s: float, timed=SWEEP_TIMED, c
                     ours[s.name] = t["trial"]["median_us"]
                     if rival is not None:
                         theirs[s.name] = t["incumbent"]["median_us"]
-                entry.update(ok=True, amortised_us=ours, geomean_us=_geomean(ours.values()))
+                entry.update(ok=True, amortised_us=ours, geomean_us=geomean(ours.values()))
                 if rival is not None:
-                    entry.update(incumbent_us=theirs, ratio=_geomean(ours[n] / theirs[n] for n in ours))
+                    entry.update(incumbent_us=theirs, ratio=geomean(ours[n] / theirs[n] for n in ours))
         except Exception as e:  # a compile error or a bad launch: this setting fails, the sweep goes on
             entry.update(ok=False, failed="exception", error=f"{type(e).__name__}: {str(e)[:2000]}")
         seen[key] = entry
@@ -614,10 +615,6 @@ def _first_wrong(fn, checked) -> tuple[str, float] | None:
         if not c["ok"]:
             return s.name, c.get("max_abs_error")
     return None
-
-
-def _geomean(values) -> float:
-    return math.exp(statistics.fmean(math.log(v) for v in values))
 
 
 def _diff(settings: dict, initial: dict) -> str:

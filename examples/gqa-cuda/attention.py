@@ -522,7 +522,7 @@ template <int N>
 __device__ __forceinline__ void gqa_cp_async_wait() { asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory"); }
 
 // Eight consecutive elements of a row (element stride `stride`) as four packed pairs, zeros when
-// not `valid`: how the mma kernels gather their query fragments, once per block.
+// not `valid`: how the prefill kernel gathers its query fragments, once per block.
 template <typename T>
 __device__ __forceinline__ void gqa_load8_bits(const T* p, int64_t stride, bool valid, uint32_t (&w)[4]) {
 #pragma unroll
