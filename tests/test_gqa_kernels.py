@@ -13,6 +13,7 @@ from __future__ import annotations
 import ast
 import importlib.util
 import itertools
+import math
 import os
 import subprocess
 import sys
@@ -172,26 +173,50 @@ def _choices(path: Path, name: str) -> list:
     return next(t.choices for t in parse(path.name, path.read_text()) if t.name == name)
 
 
-def test_cuda_counters_never_hand_one_slot_to_two_calls_in_flight():
-    """The atomic merge's counters: consecutive calls get disjoint slices, and a slice comes back
-    only after many calls (MLX may run the independent calls of one graph at the same time)."""
+def test_cuda_plans_are_keyed_by_every_tunable_and_shared_across_cache_lengths():
+    """A call reuses the launch planned for its key: the key must change with every tunable (or a
+    setting changed by the operator or the sweep would replay the old launch), and must not
+    change with the KV cache length alone (decode would plan again on every token)."""
     module = _load(CUDA_EXAMPLE)
-    ring = module._Counters()
-    spans = []
-    for call in range(5000):
-        count = 40 if call % 3 else 8
-        view = ring.take(count)
-        assert view.shape == (count,) and view.dtype == mx.int32
-        start = ring.next - count
-        spans.append((call, start, count))
-    # no two calls less than 1024 apart share a counter
+    for name in _tunable_names(CUDA_EXAMPLE):
+        before = module.tunables()
+        old = getattr(module, name)
+        setattr(module, name, next(c for c in _choices(CUDA_EXAMPLE, name) if c != old))
+        assert module.tunables() != before, f"{name} is not in tunables()"
+        setattr(module, name, old)
+    module.DOT, module.THREADS, module.SPLIT_BLOCKS, module.MIN_SPLIT_KEYS = "mma", 128, 132, 128
+    q = mx.zeros((1, 40, 1, 128), dtype=mx.float16)
+    # What the calls would launch, neither made (no CUDA here) nor launched.
+    module._kernel = lambda name, template, shared_memory=0: (name, dict(template))
+    module._launch = lambda launch, *inputs: launch
+    planned = [module._attention(q, mx.zeros((1, 8, n, 128), dtype=mx.float16), q, 0.1, False)
+               for n in (130_000, 140_001, 1000)]  # the first two past MAX_SPLITS * MIN_SPLIT_KEYS keys
+    assert len(module._plans) == 2 and planned[0] is planned[1]
+    assert planned[0].kernel == ("decode_mma", dict(T=mx.float16, D=128, G=5, THREADS=128, STAGES=2, ATOMIC=False,
+                                                    MAX_SPLITS=256))
+    assert planned[0].grid == (16 * 128, 8, 1)  # 16 splits: 128 blocks, within SPLIT_BLOCKS
+    assert planned[2].grid[0] < planned[0].grid[0]  # 1000 keys: fewer splits
+
+
+def test_cuda_counters_never_hand_one_slot_to_two_calls_in_flight():
+    """The atomic merge's counters: consecutive calls of one size get different slots, a slot
+    comes back only after SLOTS calls (MLX may run the independent calls of one graph at the same
+    time), and calls of another size draw from a ring of their own."""
+    module = _load(CUDA_EXAMPLE)
+    counters = module._Counters()
+    slots = module._Counters.SLOTS
+    assert slots >= 1024
     last_use = {}
-    for call, start, count in spans:
-        for c in range(start, start + count):
-            if c in last_use:
-                assert call - last_use[c] >= 1024
-            last_use[c] = call
-    assert int(mx.sum(ring.ring).item()) == 0
+    for call in range(3 * slots):
+        count = 40 if call % 3 else 8
+        view = counters.take(count)
+        assert view.shape == (count,) and view.dtype == mx.int32
+        if id(view) in last_use:
+            assert call - last_use[id(view)] >= slots * 2 // 3  # the size-40 calls are 2 in 3
+        last_use[id(view)] = call
+    assert len(last_use) == 2 * slots  # every slot of both rings used, none shared between sizes
+    for views, _ in counters.rings.values():
+        assert all(int(mx.sum(v).item()) == 0 for v in views[:4])
 
 
 def test_cuda_example_imports_without_a_gpu_and_says_which_prefill_path_runs():
@@ -305,9 +330,14 @@ def test_bench_sweep_keeps_a_setting_only_when_it_beats_the_best_side_by_side(be
     assert len(tried) >= 2 and result["best_entry"]["ok"]
     raced = [t for t in tried if "ratio" in t]
     assert raced, "no trial was timed against the incumbent"
-    for t in raced:  # both timed in the same rounds, on the same scenarios
-        assert t["incumbent_us"].keys() == t["amortised_us"].keys() == {"s"}
-        assert t["ratio"] == pytest.approx(t["amortised_us"]["s"] / t["incumbent_us"]["s"])
+    for t in raced:  # both timed in the same rounds, on the same scenarios, per call and amortised
+        assert t["incumbent_us"].keys() == t["times_us"].keys() == {"s amortised", "s per call"}
+        if "first_ratio" in t:  # it won a first race: the second decides, and counts only if it agrees
+            assert t["ratio"] >= t["first_ratio"]
+        else:
+            assert t["ratio"] == pytest.approx(math.sqrt(
+                t["times_us"]["s amortised"] / t["incumbent_us"]["s amortised"]
+                * t["times_us"]["s per call"] / t["incumbent_us"]["s per call"]))
     if result["best"] != start:
         assert result["best_entry"]["ratio"] < result["margin"]
     else:

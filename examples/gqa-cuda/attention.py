@@ -8,7 +8,7 @@ reads KV head h // (Hq // Hkv). With `causal`, query i sees keys j <= i + (Lk - 
 
 Sequence and cache lengths are runtime values (read from the arrays' shapes inside the kernel):
 one compiled kernel serves every length. Dtype, head dim, group size and the tunables below are
-compile-time template arguments. The kernels read the inputs' strides, so a strided view of a
+compile-time constants. The kernels read the inputs' strides, so a strided view of a
 KV cache (mlx-lm's `keys[..., :offset, :]`) is read in place instead of copied on every step.
 
 The tunables start at the plain, slow choices of the published starting point: one thread per
@@ -18,6 +18,7 @@ which is fastest against mx.fast.scaled_dot_product_attention. Only the EVOLVE-B
 """
 
 import threading
+from dataclasses import dataclass
 
 import mlx.core as mx
 
@@ -56,8 +57,8 @@ DOT = "lanes"  # gitevolve: choices=["lanes", "keys", "mma"]
 # it computes one); capped so that the ring fits in shared memory.
 STAGES = 2  # gitevolve: choices=[2, 3, 4, 6]
 
-# Split the keys (flash-decoding) until about this many blocks run; 0 never splits. A split
-# holds at least MIN_SPLIT_KEYS keys, and there are at most 256 splits.
+# Split the keys (flash-decoding) into as many parts as keep the blocks within this many; 0 never
+# splits. A split holds at least MIN_SPLIT_KEYS keys, and there are at most 256 splits.
 SPLIT_BLOCKS = 0  # gitevolve: choices=[0, 132, 264, 528, 1056, 2112]
 MIN_SPLIT_KEYS = 256  # gitevolve: choices=[32, 64, 128, 256, 512, 1024]
 
@@ -586,7 +587,7 @@ __device__ __forceinline__ void gqa_mma(float (&d)[4], const uint32_t (&a)[4], u
 # Template arguments: T, D (64 or 128), G (<= 16), THREADS, STAGES, ATOMIC, MAX_SPLITS.
 DECODE_MMA_SOURCE = r"""
   constexpr int WARPS = THREADS / 32, P = D + 4, KS = D / 16, NT = (G + 7) / 8;
-  constexpr int MERGE_FLOATS = G * D > 2 * G * MAX_SPLITS ? G * D : 2 * G * MAX_SPLITS;
+  constexpr int MERGE_FLOATS = WARPS * G * D > 2 * G * MAX_SPLITS ? WARPS * G * D : 2 * G * MAX_SPLITS;
   constexpr float LOG2E = 1.4426950408889634f, SLACK = 8.f;  // rescale when a maximum grows past 2^SLACK
   const float NEG_INF = -__int_as_float(0x7f800000);
 
@@ -606,26 +607,6 @@ DECODE_MMA_SOURCE = r"""
   const bool fast = kcol == 1 && vcol == 1 && krow % 8 == 0 && vrow % 8 == 0 &&
       reinterpret_cast<uintptr_t>(kbase) % 16 == 0 && reinterpret_cast<uintptr_t>(vbase) % 16 == 0;
   const float sl2 = scale[0] * LOG2E;
-
-  // Q^T as the B operand of k-step s and column tile nt: query head 8 nt + g, dims 16 s + 2t (+1) and
-  // 16 s + 8 + 2t (+1); zeros past the group.
-  uint32_t qb[NT][KS][2];
-  {
-    const T* qh = queries + b * queries_strides[0];
-    const int64_t qd = queries_strides[3];
-#pragma unroll
-    for (int nt = 0; nt < NT; ++nt) {
-      const int head = 8 * nt + g;
-      const T* qr = qh + (h0 + min(head, G - 1)) * queries_strides[1];
-#pragma unroll
-      for (int s = 0; s < KS; ++s)
-#pragma unroll
-        for (int h = 0; h < 2; ++h) {
-          const int d = 16 * s + 8 * h + 2 * t;
-          qb[nt][s][h] = head < G ? gqa_pack_raw<T>(qr[d * qd], qr[(d + 1) * qd]) : 0u;
-        }
-    }
-  }
 
   // O^T: o[mt][nt] holds dims 16 mt + g (+8) of query heads 8 nt + 2t (+1).
   float o[KS][NT][4];
@@ -684,6 +665,26 @@ DECODE_MMA_SOURCE = r"""
     gqa_cp_async_commit();
   };
   for (int it = 0; it < STAGES - 1; ++it) fetch(it);
+
+  // Q^T, read while the first tiles are on their way, as the B operand of k-step s and column tile
+  // nt: query head 8 nt + g, dims 16 s + 2t (+1) and 16 s + 8 + 2t (+1); zeros past the group.
+  uint32_t qb[NT][KS][2];
+  {
+    const T* qh = queries + b * queries_strides[0];
+    const int64_t qd = queries_strides[3];
+#pragma unroll
+    for (int nt = 0; nt < NT; ++nt) {
+      const int head = 8 * nt + g;
+      const T* qr = qh + (h0 + min(head, G - 1)) * queries_strides[1];
+#pragma unroll
+      for (int s = 0; s < KS; ++s)
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+          const int d = 16 * s + 8 * h + 2 * t;
+          qb[nt][s][h] = head < G ? gqa_pack_raw<T>(qr[d * qd], qr[(d + 1) * qd]) : 0u;
+        }
+    }
+  }
 
   // ldmatrix row addresses (lanes 8i..8i+7 give matrix i's rows), the swizzle's XOR folded in:
   // K (A of k-step s): key l % 16 of chunk 2s + l / 16; V (transposed, A of row tile mt): key
@@ -776,17 +777,16 @@ DECODE_MMA_SOURCE = r"""
 #pragma unroll
       for (int off = 4; off < 32; off *= 2) l[nt][e] += __shfl_xor_sync(0xffffffffu, l[nt][e], off);
 
-  // Merge the warps: each query head's common maximum and sum, then each warp in turn adds its
-  // rescaled values. All of it lives in the dynamic shared memory, the rings' once every warp is
-  // done with its own (MLX opts a kernel in to more than 48 KiB of shared memory only by its
-  // dynamic size).
+  // Merge the warps: each query head's common maximum and sum, then the warps' rescaled values,
+  // summed in one pass (one warp at a time between barriers cost 4-7 us a call). All of it lives in
+  // the dynamic shared memory, the rings' once every warp is done with its own (MLX opts a kernel
+  // in to more than 48 KiB of shared memory only by its dynamic size).
   __syncthreads();
-  float* acc = reinterpret_cast<float*>(gqa_smem);  // G x D values; later the merge's scratch
+  float* acc = reinterpret_cast<float*>(gqa_smem);  // WARPS x G x D values; later the merge's scratch
   float (*wm)[16] = reinterpret_cast<float (*)[16]>(acc + MERGE_FLOATS);
   float (*wl)[16] = wm + WARPS;
   float* row_m = &wl[WARPS][0];
   float* row_l = row_m + G;
-  for (int i = tid; i < G * D; i += THREADS) acc[i] = 0.f;
   if (g == 0)
 #pragma unroll
     for (int nt = 0; nt < NT; ++nt)
@@ -812,20 +812,25 @@ DECODE_MMA_SOURCE = r"""
       const int head = 8 * nt + 2 * t + e;
       f[nt][e] = head < G ? exp2f(m[nt][e] - row_m[head]) : 0.f;
     }
-  for (int w = 0; w < WARPS; ++w) {
-    if (w == warp) {
+  // Each warp's rescaled values go to a slice of their own; then one pass adds the slices up.
+  float* slice = acc + warp * G * D;
 #pragma unroll
-      for (int mt = 0; mt < KS; ++mt)
+  for (int mt = 0; mt < KS; ++mt)
 #pragma unroll
-        for (int nt = 0; nt < NT; ++nt)
+    for (int nt = 0; nt < NT; ++nt)
 #pragma unroll
-          for (int e = 0; e < 4; ++e) {
-            const int head = 8 * nt + 2 * t + e % 2, d = 16 * mt + g + 8 * (e / 2);
-            if (head < G) acc[head * D + d] += o[mt][nt][e] * f[nt][e % 2];
-          }
-    }
-    __syncthreads();
+      for (int e = 0; e < 4; ++e) {
+        const int head = 8 * nt + 2 * t + e % 2, d = 16 * mt + g + 8 * (e / 2);
+        if (head < G) slice[head * D + d] = o[mt][nt][e] * f[nt][e % 2];
+      }
+  __syncthreads();
+  for (int i = tid; i < G * D; i += THREADS) {
+    float sum = acc[i];
+#pragma unroll
+    for (int w = 1; w < WARPS; ++w) sum += acc[w * G * D + i];
+    acc[i] = sum;
   }
+  __syncthreads();
 
   const int64_t row0 = (int64_t)b * Hq + h0;  // output row of query head h0 + j: row0 + j
   if (nsplit == 1) {
@@ -1023,32 +1028,43 @@ MMA_SOURCE = r"""
     }
 """
 
+# name: (inputs, outputs, source, header, ensure_row_contiguous)
+_KERNELS = {
+    "vector": (["queries", "keys", "values", "scale", "counters"], ["out", "partials"], VECTOR_SOURCE, HEADER, False),
+    "decode_mma": (["queries", "keys", "values", "scale", "counters"], ["out", "partials"], DECODE_MMA_SOURCE,
+                   MMA_HEADER, False),
+    "mma": (["queries", "keys", "values", "scale"], ["out"], MMA_SOURCE, MMA_HEADER, False),
+    "combine": (["partials"], ["out"], COMBINE_SOURCE, HEADER, True),
+}
+_CUDA_TYPES = {mx.float16: "__half", mx.bfloat16: "__nv_bfloat16", mx.float32: "float"}
 _kernels = {}
 
 
-def _kernel(name, shared_memory=0):
-    """The mx.fast.cuda_kernel objects, made on first use (importing this file needs no GPU). MLX
-    sizes a kernel's dynamic shared memory when it is made, hence one object per size."""
-    if (name, shared_memory) not in _kernels:
-        if name == "vector":
-            k = mx.fast.cuda_kernel(
-                name="gqa_vector", input_names=["queries", "keys", "values", "scale", "counters"],
-                output_names=["out", "partials"], source=VECTOR_SOURCE, header=HEADER, ensure_row_contiguous=False)
-        elif name == "decode_mma":
-            k = mx.fast.cuda_kernel(
-                name="gqa_decode_mma", input_names=["queries", "keys", "values", "scale", "counters"],
-                output_names=["out", "partials"], source=DECODE_MMA_SOURCE, header=MMA_HEADER,
-                ensure_row_contiguous=False, shared_memory=shared_memory)
-        elif name == "combine":
-            k = mx.fast.cuda_kernel(
-                name="gqa_combine", input_names=["partials"], output_names=["out"], source=COMBINE_SOURCE,
-                header=HEADER, ensure_row_contiguous=True)
-        else:
-            k = mx.fast.cuda_kernel(
-                name="gqa_mma", input_names=["queries", "keys", "values", "scale"], output_names=["out"],
-                source=MMA_SOURCE, header=MMA_HEADER, ensure_row_contiguous=False, shared_memory=shared_memory)
-        _kernels[name, shared_memory] = k
-    return _kernels[name, shared_memory]
+def _kernel(name, template, shared_memory=0):
+    """The mx.fast.cuda_kernel `name` with its template arguments written into its source as the
+    constants MLX would write, made on first use (importing this file needs no GPU). Passed as
+    `template=` instead, they would be formatted and hashed again on every call (about 2 us of host
+    time on the H100's host). MLX sizes a kernel's dynamic shared memory when it is made, hence one
+    object per size too."""
+    key = (name, tuple(template), shared_memory)
+    if key not in _kernels:
+        inputs, outputs, source, header, contiguous = _KERNELS[name]
+        constants, words = [], [name]
+        for arg, value in template:
+            if isinstance(value, bool):
+                constants.append(f"  constexpr bool {arg} = {'true' if value else 'false'};")
+                words.append("t" if value else "f")
+            elif isinstance(value, int):
+                constants.append(f"  constexpr int {arg} = {value};")
+                words.append(str(value))
+            else:
+                constants.append(f"  using {arg} = {_CUDA_TYPES[value]};")
+                words.append(_CUDA_TYPES[value].strip("_"))
+        _kernels[key] = mx.fast.cuda_kernel(
+            name="gqa_" + "_".join(words + [str(shared_memory)]), input_names=inputs, output_names=outputs,
+            source="\n".join(constants) + "\n" + source, header=header, ensure_row_contiguous=contiguous,
+            shared_memory=shared_memory)
+    return _kernels[key]
 
 
 def _pow2_divisor(limit, n):
@@ -1074,32 +1090,38 @@ def layout(batch, query_heads, kv_heads, query_len, key_len, head_dim):
 
 
 def _splits(blocks, key_len):
-    """Split the keys (flash-decoding) until about SPLIT_BLOCKS blocks run."""
+    """Split the keys (flash-decoding) into as many parts as keep the blocks within SPLIT_BLOCKS.
+    Rounding up instead put 136 blocks on the H100's 132 SMs for 8 KV heads: four SMs then ran
+    two blocks one after the other, and the whole launch waited for them."""
     if not SPLIT_BLOCKS or blocks >= SPLIT_BLOCKS:
         return 1
-    return min(-(-SPLIT_BLOCKS // blocks), max(1, key_len // MIN_SPLIT_KEYS), MAX_SPLITS)
+    return min(SPLIT_BLOCKS // blocks, max(1, key_len // MIN_SPLIT_KEYS), MAX_SPLITS)
 
 
 class _Counters:
-    """Counters for the "atomic" merge: each call takes its own slice of a ring of zeros, and the
-    last block of each row sets its counter back to zero, so no call needs a fill kernel. Slices
-    come back round only after 1024 calls of that size, so calls that run at the same time (MLX
-    may run independent kernels of one graph concurrently) never share a counter."""
+    """Counters for the "atomic" merge: each call takes its own slot of a ring of zeros, and the
+    last block of each row sets its counter back to zero, so no call needs a fill kernel. A slot
+    comes back round only after SLOTS calls of that size, so calls that run at the same time (MLX
+    may run independent kernels of one graph concurrently) never share a counter. The slots are
+    sliced and evaluated once: slicing on every call would cost a graph node and host time."""
+
+    SLOTS = 1024
 
     def __init__(self):
         self.lock = threading.Lock()
-        self.ring, self.next = None, 0
+        self.rings = {}  # rows per call -> [slot views, the next slot]
 
     def take(self, count):
         with self.lock:
-            if self.ring is None or self.ring.size < count * 1024:
-                size = 1 << max(16, (count * 1024 - 1).bit_length())
-                self.ring, self.next = mx.zeros((size,), dtype=mx.int32), 0
-                mx.eval(self.ring)
-            if self.next + count > self.ring.size:
-                self.next = 0
-            start, self.next = self.next, self.next + count
-            return self.ring[start:start + count]
+            ring = self.rings.get(count)
+            if ring is None:
+                zeros = mx.zeros((self.SLOTS * count,), dtype=mx.int32)
+                views = [zeros[i * count:(i + 1) * count] for i in range(self.SLOTS)]
+                mx.eval(views)
+                ring = self.rings[count] = [views, 0]
+            views, slot = ring
+            ring[1] = (slot + 1) % self.SLOTS
+            return views[slot]
 
 
 _counters = _Counters()
@@ -1110,43 +1132,55 @@ def _const(value, dtype):
     key = (value, dtype)
     if key not in _consts:
         _consts[key] = mx.array(value, dtype=dtype)
+        mx.eval(_consts[key])
     return _consts[key]
 
 
-def _vector(queries, keys, values, scale, causal):
+# ---- The launch of one call, planned once per shape and setting ------------------------------
+# A call's Python (choosing a kernel and its template, grid and output shapes) is done once per
+# plan key and kept: on the H100's host it cost about 12 us a call, paid before the kernel starts,
+# and 50 times over before the GPU starts when 50 calls are evaluated together.
+
+
+@dataclass
+class Launch:
+    """One kernel launch, everything about it but its inputs: what a call of these sizes does."""
+    kernel: object  # from _kernel
+    grid: tuple
+    threadgroup: tuple
+    output_shapes: list
+    output_dtypes: list  # the first is the output's
+    scale: object = None  # a float32 scalar array, when the kernel takes (queries, keys, values, scale, ...)
+    counters: int = 0  # rows of the atomic merge's counters, 0 when the kernel takes none
+    takes_counters: bool = True
+    then: object = None  # a second Launch that merges the splits, given the partials
+
+
+def _combine(dtype, shape):
+    """The "kernel" merge: a second launch over the partials (rows, splits, D + 4)."""
+    rows = shape[0] * shape[1] * shape[2]
+    return Launch(_kernel("combine", [("T", dtype), ("D", shape[-1]), ("MAX_SPLITS", MAX_SPLITS)]),
+                  grid=(rows * COMBINE_THREADS, 1, 1), threadgroup=(COMBINE_THREADS, 1, 1), output_shapes=[shape],
+                  output_dtypes=[dtype])
+
+
+def _plan_vector(queries, keys, scale, causal):
     B, Hq, Lq, D = queries.shape
     Hkv, Lk = keys.shape[1], keys.shape[2]
     heads, lanes, vec, threads, splits, per_key = layout(B, Hq, Hkv, Lq, Lk, D)
     # One compiled kernel whether or not a call splits (the split count is a runtime value).
     atomic_kernel = COMBINE == "atomic" and D % 4 == 0  # its merge reads float4s
     atomic = splits > 1 and atomic_kernel
-    rows = B * (Hq // heads) * Lq
-    counters = _counters.take(rows) if atomic else _const(0, mx.int32)
     merged = splits == 1 or atomic
     template = [("T", queries.dtype), ("D", D), ("G", Hq // Hkv), ("HEADS", heads), ("LANES", lanes), ("VEC", vec),
                 ("THREADS", threads), ("UNROLL", 1 if per_key else UNROLL), ("ONLINE", ONLINE_SOFTMAX or per_key),
-                ("PER_KEY", per_key), ("CAUSAL", bool(causal)),
-                ("ATOMIC", atomic_kernel), ("MAX_SPLITS", MAX_SPLITS)]
-    out, partials = _kernel("vector")(
-        inputs=[queries, keys, values, _const(float(scale), mx.float32), counters],
-        template=template,
-        grid=(splits * threads, B * (Hq // heads), Lq),
-        threadgroup=(threads, 1, 1),
+                ("PER_KEY", per_key), ("CAUSAL", bool(causal)), ("ATOMIC", atomic_kernel), ("MAX_SPLITS", MAX_SPLITS)]
+    return Launch(
+        _kernel("vector", template), grid=(splits * threads, B * (Hq // heads), Lq), threadgroup=(threads, 1, 1),
         output_shapes=[(B, Hq, Lq, D) if merged else (1,), (B * Hq * Lq, splits, D + 4) if splits > 1 else (1,)],
-        output_dtypes=[queries.dtype, mx.float32],
-    )
-    return out if merged else _combine(partials, queries.dtype, (B, Hq, Lq, D))
-
-
-def _combine(partials, dtype, shape):
-    return _kernel("combine")(
-        inputs=[partials],
-        template=[("T", dtype), ("D", shape[-1]), ("MAX_SPLITS", MAX_SPLITS)],
-        grid=(partials.shape[0] * COMBINE_THREADS, 1, 1),
-        threadgroup=(COMBINE_THREADS, 1, 1),
-        output_shapes=[shape],
-        output_dtypes=[dtype],
-    )[0]
+        output_dtypes=[queries.dtype, mx.float32], scale=_const(float(scale), mx.float32),
+        counters=B * (Hq // heads) * Lq if atomic else 0,
+        then=None if merged else _combine(queries.dtype, (B, Hq, Lq, D)))
 
 
 def uses_decode_mma(queries, keys):
@@ -1164,41 +1198,33 @@ def decode_mma_stages(threads, head_dim, itemsize, group):
     the latter also enough for the merge that reuses the rings (see DECODE_MMA_SOURCE)."""
     warps, tile_pair = threads // 32, 2 * 16 * head_dim * itemsize  # a K tile and a V tile
     stages = max(2, min(STAGES, RING_BYTES // (warps * tile_pair)))
-    merge = 4 * (max(group * head_dim, 2 * group * MAX_SPLITS) + 2 * warps * 16 + 2 * group)
+    merge = 4 * (max(warps * group * head_dim, 2 * group * MAX_SPLITS) + 2 * warps * 16 + 2 * group)
     return stages, max(warps * stages * tile_pair, merge)
 
 
-def _decode_mma(queries, keys, values, scale):
+def _plan_decode_mma(queries, keys, scale):
     B, Hq, _, D = queries.shape
     Hkv, Lk = keys.shape[1], keys.shape[2]
     splits = _splits(B * Hkv, Lk)
     atomic = splits > 1 and COMBINE == "atomic"
     merged = splits == 1 or atomic
     stages, ring = decode_mma_stages(THREADS, D, queries.itemsize, Hq // Hkv)
-    out, partials = _kernel("decode_mma", ring)(
-        inputs=[queries, keys, values, _const(float(scale), mx.float32),
-                _counters.take(B * Hkv) if atomic else _const(0, mx.int32)],
-        template=[("T", queries.dtype), ("D", D), ("G", Hq // Hkv), ("THREADS", THREADS), ("STAGES", stages),
-                  ("ATOMIC", COMBINE == "atomic"), ("MAX_SPLITS", MAX_SPLITS)],
-        grid=(splits * THREADS, B * Hkv, 1),
-        threadgroup=(THREADS, 1, 1),
+    template = [("T", queries.dtype), ("D", D), ("G", Hq // Hkv), ("THREADS", THREADS), ("STAGES", stages),
+                ("ATOMIC", COMBINE == "atomic"), ("MAX_SPLITS", MAX_SPLITS)]
+    return Launch(
+        _kernel("decode_mma", template, ring), grid=(splits * THREADS, B * Hkv, 1), threadgroup=(THREADS, 1, 1),
         output_shapes=[(B, Hq, 1, D) if merged else (1,), (B * Hq, splits, D + 4) if splits > 1 else (1,)],
-        output_dtypes=[queries.dtype, mx.float32],
-    )
-    return out if merged else _combine(partials, queries.dtype, (B, Hq, 1, D))
+        output_dtypes=[queries.dtype, mx.float32], scale=_const(float(scale), mx.float32),
+        counters=B * Hkv if atomic else 0, then=None if merged else _combine(queries.dtype, (B, Hq, 1, D)))
 
 
-def _mma(queries, keys, values, scale, causal):
+def _plan_mma(queries, scale, causal):
     B, Hq, Lq, D = queries.shape
     smem = 2 * 64 * ((D + 32) + (D + 8)) * queries.itemsize  # two stages of (K, V) tiles: BK rows of KP, VP
-    return _kernel("mma", smem)(
-        inputs=[queries, keys, values, _const(float(scale), mx.float32)],
-        template=[("T", queries.dtype), ("D", D), ("CAUSAL", bool(causal))],
-        grid=(-(-Lq // 64) * 128, B * Hq, 1),
-        threadgroup=(128, 1, 1),
-        output_shapes=[(B, Hq, Lq, D)],
-        output_dtypes=[queries.dtype],
-    )[0]
+    return Launch(
+        _kernel("mma", [("T", queries.dtype), ("D", D), ("CAUSAL", bool(causal))], smem),
+        grid=(-(-Lq // 64) * 128, B * Hq, 1), threadgroup=(128, 1, 1), output_shapes=[(B, Hq, Lq, D)],
+        output_dtypes=[queries.dtype], scale=_const(float(scale), mx.float32), takes_counters=False)
 
 
 def uses_mma(queries):
@@ -1207,14 +1233,50 @@ def uses_mma(queries):
     return PREFILL == "mma" and Lq > 1 and queries.dtype in (mx.float16, mx.bfloat16) and D in (64, 128)
 
 
-def _attention(queries, keys, values, scale, causal):
+def plan(queries, keys, scale, causal):
+    """The Launch for a call with these inputs under the current tunables."""
+    if uses_mma(queries):
+        return _plan_mma(queries, scale, causal)
+    if uses_decode_mma(queries, keys):  # one query row: it sees every key, causal or not
+        return _plan_decode_mma(queries, keys, scale)
+    return _plan_vector(queries, keys, scale, causal)
+
+
+def _launch(launch, queries, keys, values, counters):
     if keys.dtype != queries.dtype or values.dtype != queries.dtype:
         keys, values = keys.astype(queries.dtype), values.astype(queries.dtype)
-    if uses_mma(queries):
-        return _mma(queries, keys, values, scale, causal)
-    if uses_decode_mma(queries, keys):  # one query row: it sees every key, causal or not
-        return _decode_mma(queries, keys, values, scale)
-    return _vector(queries, keys, values, scale, causal)
+    inputs = [queries, keys, values, launch.scale, counters] if launch.takes_counters else [
+        queries, keys, values, launch.scale]
+    outs = launch.kernel(inputs=inputs, grid=launch.grid, threadgroup=launch.threadgroup,
+                         output_shapes=launch.output_shapes, output_dtypes=launch.output_dtypes)
+    then = launch.then
+    if then is None:
+        return outs[0]
+    return then.kernel(inputs=[outs[1]], grid=then.grid, threadgroup=then.threadgroup,
+                       output_shapes=then.output_shapes, output_dtypes=then.output_dtypes)[0]
+
+
+def tunables():
+    """Every module-level setting a plan reads. A setting missing here would let a call reuse a
+    launch planned under another value."""
+    return (THREADS, KEY_LANES, VEC, SHARE_KV, ONLINE_SOFTMAX, UNROLL, DOT, STAGES, SPLIT_BLOCKS, MIN_SPLIT_KEYS,
+            COMBINE, PREFILL, MAX_SPLITS, COMBINE_THREADS, RING_BYTES)
+
+
+_plans = {}
+
+
+def _attention(queries, keys, values, scale, causal):
+    # The key length enters a plan only through the split count, as Lk // MIN_SPLIT_KEYS capped at
+    # MAX_SPLITS (see _splits): decode against a growing KV cache reuses one plan for every step.
+    kshape = keys.shape
+    key = (queries.shape, kshape[0], kshape[1], kshape[3], min(kshape[2] // MIN_SPLIT_KEYS, MAX_SPLITS),
+           queries.dtype, keys.dtype, values.dtype, scale, causal, tunables())
+    launch = _plans.get(key)
+    if launch is None:
+        launch = _plans[key] = plan(queries, keys, scale, causal)
+    counters = _counters.take(launch.counters) if launch.counters else _const(0, mx.int32)
+    return _launch(launch, queries, keys, values, counters)
 # EVOLVE-BLOCK-END
 
 
