@@ -13,7 +13,9 @@ torch.nn.functional.scaled_dot_product_attention, timed two ways in one process:
   per call   one call, then mx.eval (torch: torch.cuda.synchronize), as a user sees it, framework
              overhead included;
   amortised  CALLS calls on distinct K/V buffers (so the L2 cache flatters nobody) evaluated
-             together, divided by CALLS: the kernel's own cost.
+             together, divided by CALLS: the kernel's cost with the launch overhead spread out.
+             Each call's Python and graph building still counts in full: it all happens before
+             the GPU starts on the first call. The GPU may run the independent calls concurrently.
 
 Candidate and MLX alternate A B B A ... round by round, so drift falls on both alike; torch is
 timed in its own loop right after (interleaving MLX and torch call by call slowed both). Medians
@@ -21,9 +23,10 @@ and the interquartile spread are reported. It also measures the device's copy an
 (MLX and torch) and the fraction of it the candidate reaches on decode (the K/V bytes that must be
 read, over its amortised time), and checks every scenario's output against the float32 reference
 on fresh inputs, computed on the CPU stream (on a CUDA GPU, MLX's float32 matmuls run as TF32,
-~2e-3 off in float32). --sweep first walks the candidate's tunables (coordinate descent on the amortised
-decode time, each setting checked for correctness, then timed interleaved with the best setting so
-far and kept only if at least 3% faster) and then benchmarks the best setting found.
+~2e-3 off in float32). --sweep first walks the candidate's tunables (coordinate descent on the decode
+time per call and amortised; each setting is checked for correctness, then timed interleaved with
+the best setting so far and kept only if at least 3% faster in two races) and then benchmarks the
+best setting found.
 """
 
 from __future__ import annotations
@@ -137,7 +140,7 @@ SETS = {
         _prefill(QWEN14, 40),
     ),
 }
-# The sweep's objective: amortised decode time, geometric mean over these.
+# The sweep's objective: decode time per call and amortised, geometric mean over these.
 SWEEP_TIMED = (
     _decode(QWEN14, 512), _decode(QWEN14, 2048), _decode(QWEN14, 8192), _decode(QWEN14, 32768),
     _decode(QWEN06, 32768),
@@ -514,10 +517,10 @@ def table(results: list[dict], bw: dict) -> str:
 
 
 # ---------------------------------------------------------------------------------------------
-# Sweep: coordinate descent over the Python tunables, on the amortised decode time
+# Sweep: coordinate descent over the Python tunables, on the decode time per call and amortised
 
 # A trial replaces the incumbent only when the geometric mean of its time ratios to it, measured
-# interleaved, is below this.
+# interleaved, is below this in two races one after the other.
 SWEEP_MARGIN = 0.97
 
 
@@ -525,28 +528,32 @@ def sweep(module, calls: int, rounds: int, budget_s: float, timed=SWEEP_TIMED, c
           start: dict | None = None, log=print) -> dict:
     """Coordinate descent over the candidate's tunables. Each trial setting must be right on
     `checked`, then it races the incumbent (the best setting so far, held by a second instance of
-    the candidate) round by round on the same inputs, and wins only by SWEEP_MARGIN. On the lent
-    H100, settings timed minutes apart moved by about 15% from drift alone (settings that cannot
-    matter differed that much), and a sweep that compared such times picked a setting a third
-    slower on the GPU than the best one it had tried."""
+    the candidate) round by round on the same inputs, per call and amortised, and wins only by
+    SWEEP_MARGIN, twice. Why all of it, from the lent H100:
+      - settings timed minutes apart moved by about 15% from drift alone, and a sweep that compared
+        such times picked a setting a third slower on the GPU than the best one it had tried;
+      - one race still let through settings that cannot matter (VEC, which the tensor-core decode
+        never reads, won by 10%), so a win must hold in a second race;
+      - on the amortised time alone, it picked unsplit decode: 50 calls in flight keep the GPU busy
+        without splits, but one call alone then took 263 us at a 32k cache against 143 split."""
     space = {k: v for k, v in tunables(module).items() if k != "PREFILL"}
     initial = current_settings(module)
     incumbent = guards.load_candidate(Path(module.__file__))
     sets = {s.name: [mlx_inputs(s) for _ in range(calls)] for s in timed}
+    per_call_rounds = max(4, 4 * rounds)
     mlx_times = {}
     warm_up(0.2 if mx.default_device() == mx.cpu else 2.0)
     for s in timed:
         c = mlx_contender("mlx", baseline_fn, s, inputs=sets[s.name])
-        mlx_times[s.name] = time_amortised([c], rounds)["mlx"]["median_us"]
-    log("mlx amortised us: " + ", ".join(f"{k} {v:.1f}" for k, v in mlx_times.items()))
+        mlx_times[s.name] = {"amortised": time_amortised([c], rounds)["mlx"]["median_us"],
+                             "per_call": time_per_call([c], per_call_rounds)["mlx"]["median_us"]}
+    log("mlx us (amortised, per call): " + ", ".join(
+        f"{k} {v['amortised']:.1f}, {v['per_call']:.1f}" for k, v in mlx_times.items()))
     seen: dict[str, dict] = {}
     began = time.perf_counter()
 
-    def measure(settings: dict, rival=None, rounds_here: int = rounds) -> dict:
+    def race(settings: dict, rival=None, rounds_here: int = rounds) -> dict:
         """`settings` checked, then timed alone or, given a rival module, interleaved with it."""
-        key = _key(settings)
-        if key in seen:
-            return seen[key]
         apply_settings(module, settings)
         entry = {"settings": dict(settings)}
         try:
@@ -559,22 +566,34 @@ def sweep(module, calls: int, rounds: int, budget_s: float, timed=SWEEP_TIMED, c
                     contenders = [mlx_contender("trial", module.gqa_attention, s, inputs=sets[s.name])]
                     if rival is not None:
                         contenders.append(mlx_contender("incumbent", rival.gqa_attention, s, inputs=sets[s.name]))
-                    t = time_amortised(contenders, rounds_here)
-                    ours[s.name] = t["trial"]["median_us"]
-                    if rival is not None:
-                        theirs[s.name] = t["incumbent"]["median_us"]
-                entry.update(ok=True, amortised_us=ours, geomean_us=geomean(ours.values()))
+                    amortised = time_amortised(contenders, rounds_here)
+                    per_call = time_per_call(contenders, max(4, 4 * rounds_here))
+                    for name, got in (("trial", ours), ("incumbent", theirs)):
+                        if name in amortised:
+                            got[f"{s.name} amortised"] = amortised[name]["median_us"]
+                            got[f"{s.name} per call"] = per_call[name]["median_us"]
+                entry.update(ok=True, times_us=ours, geomean_us=geomean(ours.values()))
                 if rival is not None:
                     entry.update(incumbent_us=theirs, ratio=geomean(ours[n] / theirs[n] for n in ours))
         except Exception as e:  # a compile error or a bad launch: this setting fails, the sweep goes on
             entry.update(ok=False, failed="exception", error=f"{type(e).__name__}: {str(e)[:2000]}")
-        seen[key] = entry
         if not entry.get("ok"):
             shown = f"FAILED ({entry.get('failed')}: {entry.get('error')})"
         else:
             shown = f"{entry['geomean_us']:.1f} us" + (f" x{entry['ratio']:.3f}" if "ratio" in entry else "")
         log(f"[{time.perf_counter() - began:6.1f}s] {shown:>20}  {_diff(settings, initial)}")
         return entry
+
+    def measure(settings: dict, rival=None, rounds_here: int = rounds) -> dict:
+        """A race, and a second one when the trial wins the first; a setting is raced once."""
+        key = _key(settings)
+        if key not in seen:
+            entry = race(settings, rival, rounds_here)
+            if entry.get("ratio", 1.0) < SWEEP_MARGIN:
+                again = race(settings, rival, rounds_here)
+                entry = {**entry, "first_ratio": entry["ratio"], "ratio": max(entry["ratio"], again.get("ratio", 1.0))}
+            seen[key] = entry
+        return seen[key]
 
     measure(initial, rounds_here=1)  # the file's own setting, for the record (it can be very slow: one round)
     best = dict(start or initial)
@@ -600,7 +619,7 @@ def sweep(module, calls: int, rounds: int, budget_s: float, timed=SWEEP_TIMED, c
             break
     apply_settings(module, best)
     history = list(seen.values())
-    return {"initial": initial, "best": best, "best_entry": best_entry, "mlx_amortised_us": mlx_times,
+    return {"initial": initial, "best": best, "best_entry": best_entry, "mlx_us": mlx_times,
             "margin": SWEEP_MARGIN, "tried": history, "initial_entry": history[0]}
 
 
