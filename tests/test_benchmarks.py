@@ -46,3 +46,45 @@ def test_qwen3_decode_refuses_a_candidate_that_calls_the_baseline(tmp_path):
                             "    return mx.fast.scaled_dot_product_attention(q, k, v, scale=scale, mask='causal' if causal else None)\n")
     assert done.returncode != 0
     assert "the candidate called mx.fast.scaled_dot_product_attention" in done.stderr
+
+
+def test_gpu_time_reads_a_calls_anatomy_from_a_profiler_trace():
+    """gqa_gpu_time.py's reading of a Chrome trace, on one made by hand in the profiler's format:
+    two calls of the candidate (the second with two kernels) and one of MLX's attention."""
+    sys.path.insert(0, str(ROOT))
+    try:
+        from benchmarks.gqa_gpu_time import anatomy
+    finally:
+        sys.path.pop(0)
+
+    def span(cat, name, ts, dur):
+        return {"ph": "X", "cat": cat, "name": name, "ts": ts, "dur": dur}
+
+    events = [
+        span("user_annotation", "d|candidate|build", 0, 10), span("user_annotation", "d|candidate|eval", 10, 100),
+        span("cuda_runtime", "cudaGraphLaunch", 30, 5), span("kernel", "gqa", 40, 30),
+        span("user_annotation", "d|candidate|build", 200, 14), span("user_annotation", "d|candidate|eval", 214, 100),
+        span("cuda_runtime", "cudaGraphLaunch", 238, 5), span("kernel", "gqa", 250, 20), span("kernel", "merge", 272, 8),
+        span("user_annotation", "d|mlx|build", 400, 3), span("user_annotation", "d|mlx|eval", 403, 50),
+        span("kernel", "cudnn", 420, 25), {"ph": "i", "cat": "kernel", "name": "instant", "ts": 430},
+        span("user_annotation", "unrelated range", 0, 1000),
+    ]
+    got = anatomy(events)
+    assert got["d|candidate"] == {"build": 12.0, "gpu": 30.0, "to kernel": 33.0, "after": 37.0, "to launch": 22.0,
+                                  "calls": 2}
+    # no graph launch recorded (MLX_USE_CUDA_GRAPHS=0): the other parts still read
+    assert got["d|mlx"] == {"build": 3.0, "gpu": 25.0, "to kernel": 17.0, "after": 8.0, "calls": 1}
+
+
+def test_gpu_time_says_what_it_needs_without_a_cuda_torch():
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gqa_gpu_time.py"), "--kernel",
+                           str(ROOT / "examples" / "gqa-cuda" / "attention.py")], capture_output=True, text=True,
+                          timeout=120)
+    try:
+        import torch
+        has_cuda = torch.cuda.is_available()
+    except ImportError:
+        has_cuda = False
+    if has_cuda:
+        return  # on a CUDA machine it runs instead; nothing to check here
+    assert done.returncode == 1 and "needs PyTorch with CUDA" in done.stderr.strip().splitlines()[-1]

@@ -1,0 +1,145 @@
+"""Where one attention call's time goes, for a GQA candidate and MLX's attention, read from CUPTI.
+
+    python benchmarks/gqa_gpu_time.py --kernel examples/gqa-cuda/attention.py --settings-from sweep.json
+    python benchmarks/gqa_gpu_time.py --kernel K --set THREADS=256 --scenarios decode-40:8-8192,prefill-40:8-2048
+
+Each contender makes CALLS calls of each scenario, one call and then mx.eval at a time, on rotating
+inputs. Candidate and MLX alternate in A B B A order. The calls run under PyTorch's profiler, which
+reads the GPU's own activity records (CUPTI) for every kernel in the process, MLX's included. For
+each it prints medians in microseconds:
+
+  gpu        the call's first kernel start to its last kernel end: its GPU time at real clocks
+  build      the Python call that builds the graph, before mx.eval
+  to launch  mx.eval's start to the CUDA graph launch
+  to kernel  mx.eval's start to the first kernel's start
+  after      the last kernel's end to mx.eval's return (MLX's completion callback and event)
+
+A call as a user sees it is build + to kernel + gpu + after. The profiler slows the host side's CUDA
+calls, so the host figures are upper bounds; the GPU times are the kernels' own. Needs PyTorch with
+CUDA on the machine whose GPU MLX uses. gqa_kernels.py gives the per-call and amortised times
+without a profiler.
+"""
+
+from __future__ import annotations
+
+import argparse
+import bisect
+import json
+import statistics
+import sys
+import tempfile
+from collections import defaultdict
+from pathlib import Path
+
+from tabulate import tabulate
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from benchmarks import gqa_kernels as bench  # noqa: E402
+
+DEFAULT_SCENARIOS = "decode-40:8-8192,decode-40:8-32768,prefill-40:8-2048"
+PARTS = ("gpu", "build", "to launch", "to kernel", "after")
+
+
+def anatomy(events: list[dict]) -> dict[str, dict[str, float]]:
+    """Medians per "scenario|contender" from a Chrome trace's events, whose calls were marked with
+    ranges named "scenario|contender|build" and "scenario|contender|eval"."""
+    spans = [e for e in events if e.get("ph") == "X"]
+    kernels = sorted((e for e in spans if e.get("cat") == "kernel"), key=lambda e: e["ts"])
+    starts = [k["ts"] for k in kernels]
+    launches = sorted(e["ts"] for e in spans if e.get("cat") == "cuda_runtime" and e["name"] == "cudaGraphLaunch")
+    parts: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
+    for mark in spans:
+        if mark.get("cat") != "user_annotation" or mark["name"].count("|") != 2:
+            continue
+        who, _, part = mark["name"].rpartition("|")
+        begin, end = mark["ts"], mark["ts"] + mark["dur"]
+        if part == "build":
+            parts[who]["build"].append(mark["dur"])
+            continue
+        inside = kernels[bisect.bisect_left(starts, begin):bisect.bisect_right(starts, end)]
+        if not inside:  # nothing ran on the GPU (a cached or empty call): no anatomy to read
+            continue
+        last_end = max(k["ts"] + k["dur"] for k in inside)
+        parts[who]["gpu"].append(last_end - inside[0]["ts"])
+        parts[who]["to kernel"].append(inside[0]["ts"] - begin)
+        parts[who]["after"].append(end - last_end)
+        at = bisect.bisect_left(launches, begin)
+        if at < len(launches) and launches[at] <= end:
+            parts[who]["to launch"].append(launches[at] - begin)
+    return {who: {p: round(statistics.median(v), 1) for p, v in got.items()} | {"calls": len(got["gpu"])}
+            for who, got in parts.items()}
+
+
+def profile_calls(contenders: dict, scenarios: list, calls: int) -> list[dict]:
+    """Run the calls under torch.profiler; the trace's events."""
+    import mlx.core as mx
+    from torch.profiler import ProfilerActivity, profile, record_function
+
+    inputs = {s.name: [bench.mlx_inputs(s) for _ in range(4)] for s in scenarios}
+
+    def run(calls_each: int, marked: bool) -> None:
+        order = list(contenders)
+        for rnd in range(2):
+            for name in order if rnd == 0 else order[::-1]:
+                for s in scenarios:
+                    fn, scale = contenders[name], s.head_dim ** -0.5
+                    for i in range(calls_each):
+                        q, k, v = inputs[s.name][i % 4]
+                        if not marked:
+                            mx.eval(fn(q, k, v, scale, s.causal))
+                            continue
+                        with record_function(f"{s.name}|{name}|build"):
+                            out = fn(q, k, v, scale, s.causal)
+                        with record_function(f"{s.name}|{name}|eval"):
+                            mx.eval(out)
+
+    run(3, marked=False)  # compiles, plans, allocator caches
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        run(max(1, calls // 2), marked=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "trace.json"
+        prof.export_chrome_trace(str(path))
+        return json.loads(path.read_text())["traceEvents"]
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--kernel", required=True, help="a candidate attention.py, or a commit-ish holding one")
+    p.add_argument("--file", default="attention.py", help="the candidate's path inside the commit-ish")
+    p.add_argument("--set", action="append", default=[], metavar="NAME=VALUE", help="override a tunable")
+    p.add_argument("--settings-from", help="a JSON file from gqa_kernels.py --sweep (or with a 'best' dict)")
+    p.add_argument("--scenarios", default=DEFAULT_SCENARIOS, help="comma-separated gqa_kernels.py scenario names")
+    p.add_argument("--calls", type=int, default=24, help="calls per contender and scenario")
+    p.add_argument("--json", help="write the results here")
+    args = p.parse_args(argv)
+
+    if bench.torch is None:
+        raise SystemExit("gqa_gpu_time.py needs PyTorch with CUDA: its profiler reads the kernels' times from CUPTI")
+    known = {s.name: s for group in bench.SETS.values() for s in group}
+    unknown = [n for n in args.scenarios.split(",") if n not in known]
+    if unknown:
+        raise SystemExit(f"unknown scenario {unknown[0]!r}; gqa_kernels.py's are: {', '.join(sorted(known))}")
+    scenarios = [known[n] for n in args.scenarios.split(",")]
+    module, where = bench.load_candidate(args.kernel, args.file)
+    settings = {}
+    if args.settings_from:
+        saved = json.loads(Path(args.settings_from).read_text())
+        settings.update(saved.get("best") or saved.get("settings") or saved.get("sweep", {}).get("best") or {})
+    settings.update(bench.parse_set(args.set))
+    bench.apply_settings(module, settings)
+
+    events = profile_calls({"candidate": module.gqa_attention, "mlx": bench.baseline_fn}, scenarios, args.calls)
+    found = anatomy(events)
+    rows = [[s.name, who] + [found.get(f"{s.name}|{who}", {}).get(part, "-") for part in PARTS]
+            for s in scenarios for who in ("candidate", "mlx")]
+    print(f"candidate: {where}   settings: {json.dumps(bench.current_settings(module))}")
+    print(tabulate(rows, headers=["scenario", "contender", *PARTS]))
+    print("\nmedians in microseconds; host-side figures include the profiler's own overhead")
+    if args.json:
+        Path(args.json).write_text(json.dumps({"kernel": where, "settings": bench.current_settings(module),
+                                               "versions": bench.versions(), "anatomy_us": found}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
