@@ -104,10 +104,7 @@ def profile_calls(contenders: dict, scenarios: list, calls: int) -> list[dict]:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--kernel", required=True, help="a candidate attention.py, or a commit-ish holding one")
-    p.add_argument("--file", default="attention.py", help="the candidate's path inside the commit-ish")
-    p.add_argument("--set", action="append", default=[], metavar="NAME=VALUE", help="override a tunable")
-    p.add_argument("--settings-from", help="a JSON file from gqa_kernels.py --sweep (or with a 'best' dict)")
+    bench.add_candidate_arguments(p)
     p.add_argument("--scenarios", default=DEFAULT_SCENARIOS, help="comma-separated gqa_kernels.py scenario names")
     p.add_argument("--calls", type=int, default=24, help="calls per contender and scenario")
     p.add_argument("--json", help="write the results here")
@@ -120,13 +117,7 @@ def main(argv=None) -> int:
     if unknown:
         raise SystemExit(f"unknown scenario {unknown[0]!r}; gqa_kernels.py's are: {', '.join(sorted(known))}")
     scenarios = [known[n] for n in args.scenarios.split(",")]
-    module, where = bench.load_candidate(args.kernel, args.file)
-    settings = {}
-    if args.settings_from:
-        saved = json.loads(Path(args.settings_from).read_text())
-        settings.update(saved.get("best") or saved.get("settings") or saved.get("sweep", {}).get("best") or {})
-    settings.update(bench.parse_set(args.set))
-    bench.apply_settings(module, settings)
+    module, where = bench.candidate_from_arguments(args)
 
     events = profile_calls({"candidate": module.gqa_attention, "mlx": bench.baseline_fn}, scenarios, args.calls)
     found = anatomy(events)

@@ -643,12 +643,29 @@ def _diff(settings: dict, initial: dict) -> str:
 # ---------------------------------------------------------------------------------------------
 
 
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+def add_candidate_arguments(p: argparse.ArgumentParser) -> None:
+    """--kernel, --file, --set and --settings-from: which candidate, under which setting."""
     p.add_argument("--kernel", required=True, help="a candidate attention.py, or a commit-ish holding one")
     p.add_argument("--file", default="attention.py", help="the candidate's path inside the commit-ish")
     p.add_argument("--set", action="append", default=[], metavar="NAME=VALUE", help="override a tunable")
     p.add_argument("--settings-from", help="a JSON file from --sweep (or one with a 'best' or 'settings' dict)")
+
+
+def candidate_from_arguments(args) -> tuple[object, str]:
+    """The candidate module those arguments name, its setting applied; and where it came from."""
+    module, where = load_candidate(args.kernel, args.file)
+    settings = {}
+    if args.settings_from:
+        saved = json.loads(Path(args.settings_from).read_text())
+        settings.update(saved.get("best") or saved.get("settings") or saved.get("sweep", {}).get("best") or {})
+    settings.update(parse_set(args.set))
+    apply_settings(module, settings)
+    return module, where
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_candidate_arguments(p)
     p.add_argument("--scenarios", default=None, help="full, quick, cpu, or comma-separated scenario names")
     p.add_argument("--quick", action="store_true", help="fewer scenarios and rounds")
     p.add_argument("--calls", type=int, default=50, help="calls per amortised measurement (distinct K/V buffers)")
@@ -664,13 +681,7 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
 
     DECODE_MASK["causal"] = args.mlx_decode_mask == "causal"
-    module, where = load_candidate(args.kernel, args.file)
-    settings = {}
-    if args.settings_from:
-        saved = json.loads(Path(args.settings_from).read_text())
-        settings.update(saved.get("best") or saved.get("settings") or saved.get("sweep", {}).get("best") or {})
-    settings.update(parse_set(args.set))
-    apply_settings(module, settings)
+    module, where = candidate_from_arguments(args)
     cpu = mx.default_device() == mx.cpu
     report: dict = {"kernel": where, "versions": versions(), "mlx_decode_mask": args.mlx_decode_mask}
     print(f"candidate: {where}   device: {report['versions'].get('gpu') or report['versions']['device']}", flush=True)
