@@ -1075,7 +1075,12 @@ def _splits(blocks, key_len):
     two blocks one after the other, and the whole launch waited for them."""
     if not SPLIT_BLOCKS or blocks >= SPLIT_BLOCKS:
         return 1
-    return min(SPLIT_BLOCKS // blocks, max(1, key_len // MIN_SPLIT_KEYS), MAX_SPLITS)
+    return min(SPLIT_BLOCKS // blocks, _length_splits(key_len))
+
+
+def _length_splits(key_len):
+    """The most splits `key_len` keys allow: all that a split count learns of the key length."""
+    return min(max(1, key_len // MIN_SPLIT_KEYS), MAX_SPLITS)
 
 
 class _Counters:
@@ -1247,10 +1252,10 @@ _plans = {}
 
 
 def _attention(queries, keys, values, scale, causal):
-    # The key length enters a plan only through the split count, as Lk // MIN_SPLIT_KEYS capped at
-    # MAX_SPLITS (see _splits): decode against a growing KV cache reuses one plan for every step.
+    # The key length enters a plan only through the split count (see _splits): decode against a
+    # growing KV cache reuses one plan for every step.
     kshape = keys.shape
-    key = (queries.shape, kshape[0], kshape[1], kshape[3], min(kshape[2] // MIN_SPLIT_KEYS, MAX_SPLITS),
+    key = (queries.shape, kshape[0], kshape[1], kshape[3], _length_splits(kshape[2]),
            queries.dtype, keys.dtype, values.dtype, scale, causal, tunables())
     launch = _plans.get(key)
     if launch is None:
