@@ -192,10 +192,10 @@ def test_cuda_plans_are_keyed_by_every_tunable_and_shared_across_cache_lengths()
     planned = [module._attention(q, mx.zeros((1, 8, n, 128), dtype=mx.float16), q, 0.1, False)
                for n in (130_000, 140_001, 1000)]  # the first two past MAX_SPLITS * MIN_SPLIT_KEYS keys
     assert len(module._plans) == 2 and planned[0] is planned[1]
-    assert planned[0].kernel == ("decode_mma", dict(T=mx.float16, D=128, G=5, THREADS=128, STAGES=2, ATOMIC=False,
+    assert planned[0].stage.kernel == ("decode_mma", dict(T=mx.float16, D=128, G=5, THREADS=128, STAGES=2, ATOMIC=False,
                                                     MAX_SPLITS=256))
-    assert planned[0].grid == (16 * 128, 8, 1)  # 16 splits: 128 blocks, within SPLIT_BLOCKS
-    assert planned[2].grid[0] < planned[0].grid[0]  # 1000 keys: fewer splits
+    assert planned[0].stage.grid == (16 * 128, 8, 1)  # 16 splits: 128 blocks, within SPLIT_BLOCKS
+    assert planned[2].stage.grid[0] < planned[0].stage.grid[0]  # 1000 keys: fewer splits
 
 
 def test_cuda_counters_never_hand_one_slot_to_two_calls_in_flight():

@@ -17,8 +17,10 @@ query head reading its own copy of K/V. Every combination is correct; the evalua
 which is fastest against mx.fast.scaled_dot_product_attention. Only the EVOLVE-BLOCK may change.
 """
 
+import itertools
+import re
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import mlx.core as mx
 
@@ -1018,6 +1020,14 @@ _KERNELS = {
 }
 _CUDA_TYPES = {mx.float16: "__half", mx.bfloat16: "__nv_bfloat16", mx.float32: "float"}
 _kernels = {}
+_COMMENT = re.compile(r'("(?:\\.|[^"\\])*")|//.*')  # a string literal (kept) or a comment
+
+
+def _compact(cuda):
+    """`cuda` without comments and indentation, line for line, so that a compiler's line numbers
+    still point at the same lines. MLX copies a kernel's whole source on every call and hashes it
+    on every evaluation: its length is host time spent on each call."""
+    return "\n".join(_COMMENT.sub(lambda m: m.group(1) or "", line).strip() for line in cuda.split("\n"))
 
 
 def _kernel(name, template, shared_memory=0):
@@ -1042,7 +1052,8 @@ def _kernel(name, template, shared_memory=0):
                 words.append(_CUDA_TYPES[value].strip("_"))
         _kernels[key] = mx.fast.cuda_kernel(
             name="gqa_" + "_".join(words + [str(shared_memory)]), input_names=inputs, output_names=outputs,
-            source="\n".join(constants) + "\n" + source, header=header, ensure_row_contiguous=contiguous,
+            source="\n".join(constants) + "\n" + _compact(source), header=_compact(header),
+            ensure_row_contiguous=contiguous,
             shared_memory=shared_memory)
     return _kernels[key]
 
@@ -1093,20 +1104,21 @@ class _Counters:
     SLOTS = 1024
 
     def __init__(self):
-        self.lock = threading.Lock()
-        self.rings = {}  # rows per call -> [slot views, the next slot]
+        self.lock = threading.Lock()  # only to make a ring; taking a slot needs none (below)
+        self.rings = {}  # rows per call -> (slot views, a count of the slots taken)
 
     def take(self, count):
-        with self.lock:
-            ring = self.rings.get(count)
-            if ring is None:
-                zeros = mx.zeros((self.SLOTS * count,), dtype=mx.int32)
-                views = [zeros[i * count:(i + 1) * count] for i in range(self.SLOTS)]
-                mx.eval(views)
-                ring = self.rings[count] = [views, 0]
-            views, slot = ring
-            ring[1] = (slot + 1) % self.SLOTS
-            return views[slot]
+        ring = self.rings.get(count)
+        if ring is None:
+            with self.lock:
+                ring = self.rings.get(count)
+                if ring is None:
+                    zeros = mx.zeros((self.SLOTS * count,), dtype=mx.int32)
+                    views = [zeros[i * count:(i + 1) * count] for i in range(self.SLOTS)]
+                    mx.eval(views)
+                    ring = self.rings[count] = (views, itertools.count())
+        views, taken = ring
+        return views[next(taken) % self.SLOTS]  # next() of an itertools.count is atomic under the GIL
 
 
 _counters = _Counters()
@@ -1127,29 +1139,47 @@ def _const(value, dtype):
 # and 50 times over before the GPU starts when 50 calls are evaluated together.
 
 
-@dataclass
-class Launch:
-    """One kernel launch, everything about it but its inputs: what a call of these sizes does."""
+@dataclass(frozen=True)
+class Stage:
+    """One kernel launch, everything about it but its inputs."""
     kernel: object  # from _kernel
     grid: tuple
     threadgroup: tuple
     output_shapes: list
     output_dtypes: list  # the first is the output's
-    scale: object = None  # a float32 scalar array, when the kernel takes (queries, keys, values, scale, ...)
-    counters: int = 0  # rows of the atomic merge's counters, 0 when the kernel takes none
-    takes_counters: bool = True
-    then: object = None  # a second Launch that merges the splits, given the partials
+
+    def __call__(self, inputs):
+        return self.kernel(inputs=inputs, grid=self.grid, threadgroup=self.threadgroup,
+                           output_shapes=self.output_shapes, output_dtypes=self.output_dtypes)
+
+
+@dataclass(frozen=True)
+class Launch:
+    """What a call of these sizes does: its kernel's stage with the inputs that follow the
+    queries, keys and values, and the stage that merges the splits' partials when it splits."""
+    stage: Stage
+    extra: list  # the scale (a float32 scalar array), and a zero for kernels that take counters but merge none
+    counters: int = 0  # rows of the atomic merge's counters a call takes from the ring (after `extra`)
+    cast: bool = False  # keys or values come in another dtype than the queries
+    merge: Stage = None  # the "kernel" merge, given the stage's partials
 
 
 def _combine(dtype, shape):
     """The "kernel" merge: a second launch over the partials (rows, splits, D + 4)."""
     rows = shape[0] * shape[1] * shape[2]
-    return Launch(_kernel("combine", [("T", dtype), ("D", shape[-1]), ("MAX_SPLITS", MAX_SPLITS)]),
-                  grid=(rows * COMBINE_THREADS, 1, 1), threadgroup=(COMBINE_THREADS, 1, 1), output_shapes=[shape],
-                  output_dtypes=[dtype])
+    return Stage(_kernel("combine", [("T", dtype), ("D", shape[-1]), ("MAX_SPLITS", MAX_SPLITS)]),
+                 grid=(rows * COMBINE_THREADS, 1, 1), threadgroup=(COMBINE_THREADS, 1, 1), output_shapes=[shape],
+                 output_dtypes=[dtype])
 
 
-def _plan_vector(queries, keys, scale, causal):
+def _split_launch(stage, queries, keys, values, scale, counters):
+    """The Launch of a kernel that takes (queries, keys, values, scale, counters) and may split:
+    `counters` rows when it merges atomically, else the constant zero."""
+    return Launch(stage, [_const(float(scale), mx.float32)] + ([] if counters else [_const(0, mx.int32)]),
+                  counters=counters, cast=not queries.dtype == keys.dtype == values.dtype)
+
+
+def _plan_vector(queries, keys, values, scale, causal):
     B, Hq, Lq, D = queries.shape
     Hkv, Lk = keys.shape[1], keys.shape[2]
     heads, lanes, vec, threads, splits, per_key = layout(B, Hq, Hkv, Lq, Lk, D)
@@ -1160,12 +1190,12 @@ def _plan_vector(queries, keys, scale, causal):
     template = [("T", queries.dtype), ("D", D), ("G", Hq // Hkv), ("HEADS", heads), ("LANES", lanes), ("VEC", vec),
                 ("THREADS", threads), ("UNROLL", 1 if per_key else UNROLL), ("ONLINE", ONLINE_SOFTMAX or per_key),
                 ("PER_KEY", per_key), ("CAUSAL", bool(causal)), ("ATOMIC", atomic_kernel), ("MAX_SPLITS", MAX_SPLITS)]
-    return Launch(
+    stage = Stage(
         _kernel("vector", template), grid=(splits * threads, B * (Hq // heads), Lq), threadgroup=(threads, 1, 1),
         output_shapes=[(B, Hq, Lq, D) if merged else (1,), (B * Hq * Lq, splits, D + 4) if splits > 1 else (1,)],
-        output_dtypes=[queries.dtype, mx.float32], scale=_const(float(scale), mx.float32),
-        counters=B * (Hq // heads) * Lq if atomic else 0,
-        then=None if merged else _combine(queries.dtype, (B, Hq, Lq, D)))
+        output_dtypes=[queries.dtype, mx.float32])
+    launch = _split_launch(stage, queries, keys, values, scale, B * (Hq // heads) * Lq if atomic else 0)
+    return launch if merged else replace(launch, merge=_combine(queries.dtype, (B, Hq, Lq, D)))
 
 
 def uses_decode_mma(queries, keys):
@@ -1187,7 +1217,7 @@ def decode_mma_stages(threads, head_dim, itemsize, group):
     return stages, max(warps * stages * tile_pair, merge)
 
 
-def _plan_decode_mma(queries, keys, scale):
+def _plan_decode_mma(queries, keys, values, scale):
     B, Hq, _, D = queries.shape
     Hkv, Lk = keys.shape[1], keys.shape[2]
     splits = _splits(B * Hkv, Lk)
@@ -1196,20 +1226,22 @@ def _plan_decode_mma(queries, keys, scale):
     stages, ring = decode_mma_stages(THREADS, D, queries.itemsize, Hq // Hkv)
     template = [("T", queries.dtype), ("D", D), ("G", Hq // Hkv), ("THREADS", THREADS), ("STAGES", stages),
                 ("ATOMIC", COMBINE == "atomic"), ("MAX_SPLITS", MAX_SPLITS)]
-    return Launch(
+    stage = Stage(
         _kernel("decode_mma", template, ring), grid=(splits * THREADS, B * Hkv, 1), threadgroup=(THREADS, 1, 1),
         output_shapes=[(B, Hq, 1, D) if merged else (1,), (B * Hq, splits, D + 4) if splits > 1 else (1,)],
-        output_dtypes=[queries.dtype, mx.float32], scale=_const(float(scale), mx.float32),
-        counters=B * Hkv if atomic else 0, then=None if merged else _combine(queries.dtype, (B, Hq, 1, D)))
+        output_dtypes=[queries.dtype, mx.float32])
+    launch = _split_launch(stage, queries, keys, values, scale, B * Hkv if atomic else 0)
+    return launch if merged else replace(launch, merge=_combine(queries.dtype, (B, Hq, 1, D)))
 
 
-def _plan_mma(queries, scale, causal):
+def _plan_mma(queries, keys, values, scale, causal):
     B, Hq, Lq, D = queries.shape
     smem = 2 * 64 * ((D + 32) + (D + 8)) * queries.itemsize  # two stages of (K, V) tiles: BK rows of KP, VP
-    return Launch(
+    stage = Stage(
         _kernel("mma", [("T", queries.dtype), ("D", D), ("CAUSAL", bool(causal))], smem),
         grid=(-(-Lq // 64) * 128, B * Hq, 1), threadgroup=(128, 1, 1), output_shapes=[(B, Hq, Lq, D)],
-        output_dtypes=[queries.dtype], scale=_const(float(scale), mx.float32), takes_counters=False)
+        output_dtypes=[queries.dtype])
+    return Launch(stage, [_const(float(scale), mx.float32)], cast=not queries.dtype == keys.dtype == values.dtype)
 
 
 def uses_mma(queries):
@@ -1218,27 +1250,23 @@ def uses_mma(queries):
     return PREFILL == "mma" and Lq > 1 and queries.dtype in (mx.float16, mx.bfloat16) and D in (64, 128)
 
 
-def plan(queries, keys, scale, causal):
+def plan(queries, keys, values, scale, causal):
     """The Launch for a call with these inputs under the current tunables."""
     if uses_mma(queries):
-        return _plan_mma(queries, scale, causal)
+        return _plan_mma(queries, keys, values, scale, causal)
     if uses_decode_mma(queries, keys):  # one query row: it sees every key, causal or not
-        return _plan_decode_mma(queries, keys, scale)
-    return _plan_vector(queries, keys, scale, causal)
+        return _plan_decode_mma(queries, keys, values, scale)
+    return _plan_vector(queries, keys, values, scale, causal)
 
 
-def _launch(launch, queries, keys, values, counters):
-    if keys.dtype != queries.dtype or values.dtype != queries.dtype:
+def _launch(launch, queries, keys, values):
+    if launch.cast:
         keys, values = keys.astype(queries.dtype), values.astype(queries.dtype)
-    inputs = [queries, keys, values, launch.scale, counters] if launch.takes_counters else [
-        queries, keys, values, launch.scale]
-    outs = launch.kernel(inputs=inputs, grid=launch.grid, threadgroup=launch.threadgroup,
-                         output_shapes=launch.output_shapes, output_dtypes=launch.output_dtypes)
-    then = launch.then
-    if then is None:
-        return outs[0]
-    return then.kernel(inputs=[outs[1]], grid=then.grid, threadgroup=then.threadgroup,
-                       output_shapes=then.output_shapes, output_dtypes=then.output_dtypes)[0]
+    if launch.counters:
+        outs = launch.stage([queries, keys, values, *launch.extra, _counters.take(launch.counters)])
+    else:
+        outs = launch.stage([queries, keys, values, *launch.extra])
+    return outs[0] if launch.merge is None else launch.merge([outs[1]])[0]
 
 
 def tunables():
@@ -1259,9 +1287,8 @@ def _attention(queries, keys, values, scale, causal):
            queries.dtype, keys.dtype, values.dtype, scale, causal, tunables())
     launch = _plans.get(key)
     if launch is None:
-        launch = _plans[key] = plan(queries, keys, scale, causal)
-    counters = _counters.take(launch.counters) if launch.counters else _const(0, mx.int32)
-    return _launch(launch, queries, keys, values, counters)
+        launch = _plans[key] = plan(queries, keys, values, scale, causal)
+    return _launch(launch, queries, keys, values)
 # EVOLVE-BLOCK-END
 
 
