@@ -364,6 +364,7 @@ CUDA_SETTINGS = {
     "mma-decode": dict(THREADS=128, DOT="mma", SPLIT_BLOCKS=528, MIN_SPLIT_KEYS=64, COMBINE="atomic", PREFILL="mma"),
     "mma-decode-kernel-merge": dict(THREADS=64, DOT="mma", SPLIT_BLOCKS=1056, MIN_SPLIT_KEYS=32, COMBINE="kernel"),
     "mma-decode-one-split": dict(THREADS=256, DOT="mma", SPLIT_BLOCKS=0),
+    "sweep-pick": dict(THREADS=256, DOT="mma", SPLIT_BLOCKS=132, MIN_SPLIT_KEYS=1024, COMBINE="atomic", PREFILL="mma"),
     "scalar-lanes": dict(THREADS=32, KEY_LANES=1, VEC=1, SHARE_KV=True, ONLINE_SOFTMAX=True, UNROLL=1,
                          SPLIT_BLOCKS=132, MIN_SPLIT_KEYS=256, COMBINE="kernel"),
 }
@@ -382,6 +383,7 @@ GPU_SHAPES = [  # (name, batch, Hq, Hkv, Lq, Lk, D, dtype, causal, cache capacit
     ("prefill-16:8-77-noncausal", 1, 16, 8, 77, 77, 128, "float16", False, 0),
     ("prefill-8:2-64-fp32-d64", 1, 8, 2, 64, 64, 64, "float32", True, 0),
     ("prefill-8:2-d64-200-after-50", 1, 8, 2, 200, 250, 64, "float16", True, 0),
+    ("prefill-40:8-700-after-300", 1, 40, 8, 700, 1000, 128, "float16", True, 0),  # warps skip half tiles
 ]
 
 
