@@ -198,6 +198,30 @@ def test_cuda_plans_are_keyed_by_every_tunable_and_shared_across_cache_lengths()
     assert planned[2].stage.grid[0] < planned[0].stage.grid[0]  # 1000 keys: fewer splits
 
 
+def test_metal_plans_are_keyed_by_every_tunable_and_shared_across_cache_lengths():
+    """The Metal example plans its launches as the CUDA one does: a key that changes with every
+    tunable and, for the KV cache length, only with the split count."""
+    module = _load(METAL_EXAMPLE)
+    for name in _tunable_names(METAL_EXAMPLE):
+        before = module.tunables()
+        old = getattr(module, name)
+        setattr(module, name, next(c for c in _choices(METAL_EXAMPLE, name) if c != old))
+        assert module.tunables() != before, f"{name} is not in tunables()"
+        setattr(module, name, old)
+    module.THREADS, module.KEY_LANES, module.SHARE_KV, module.SPLIT_BLOCKS, module.MIN_SPLIT_KEYS = 256, 32, True, 64, 128
+    launched = []
+    # What the calls would launch, neither made (no Metal here) nor launched.
+    module._kernel = lambda name: lambda **kw: launched.append((name, kw)) or [None, None]
+    q = mx.zeros((1, 40, 1, 128), dtype=mx.float16)
+    for n in (130_000, 140_001, 1000):  # the first two past MAX_SPLITS * MIN_SPLIT_KEYS keys
+        module._attention(q, mx.zeros((1, 8, n, 128), dtype=mx.float16), q, 0.1, False)
+    assert len(module._plans) == 2
+    grids = [kw["grid"] for name, kw in launched if name == "vector"]
+    assert grids[0] == grids[1] == (8 * 256, 8, 1)  # 8 splits of 8 threadgroups: 64, within SPLIT_BLOCKS
+    assert grids[2][0] == 7 * 256  # 1000 keys: 7 splits of at least 128
+    assert [name for name, _ in launched] == ["vector", "combine"] * 3
+
+
 def test_cuda_counters_never_hand_one_slot_to_two_calls_in_flight():
     """The atomic merge's counters: consecutive calls of one size get different slots, a slot
     comes back only after SLOTS calls (MLX may run the independent calls of one graph at the same

@@ -17,6 +17,8 @@ query row, scalar dot products, a separate softmax pass, each query head reading
 K/V. Only the EVOLVE-BLOCK may change.
 """
 
+from dataclasses import dataclass, replace
+
 import mlx.core as mx
 
 # EVOLVE-BLOCK-START
@@ -40,8 +42,9 @@ ONLINE_SOFTMAX = False  # gitevolve: choices=[False, True]
 # Keys each slot loads before it uses any of them.
 UNROLL = 1  # gitevolve: choices=[1, 2, 4, 8]
 
-# Split the keys (two-pass / flash-decoding) until about this many threadgroups run; 0 never
-# splits. A split holds at least MIN_SPLIT_KEYS keys; a second kernel merges the splits.
+# Split the keys (two-pass / flash-decoding) into as many parts as keep the threadgroups within
+# this many; 0 never splits. A split holds at least MIN_SPLIT_KEYS keys; a second kernel merges
+# the splits.
 SPLIT_BLOCKS = 0  # gitevolve: choices=[0, 32, 64, 128, 256, 512]
 MIN_SPLIT_KEYS = 256  # gitevolve: choices=[32, 64, 128, 256, 512, 1024]
 
@@ -300,39 +303,106 @@ def layout(batch, query_heads, kv_heads, query_len, key_len, head_dim):
     heads = group if SHARE_KV else 1
     lanes = _pow2_divisor(min(KEY_LANES, THREADS, 32), head_dim)
     vec = _pow2_divisor(VEC, head_dim // lanes)
-    blocks = batch * (query_heads // heads) * query_len
-    splits = 1
-    if SPLIT_BLOCKS and blocks < SPLIT_BLOCKS:
-        splits = min(-(-SPLIT_BLOCKS // blocks), max(1, key_len // MIN_SPLIT_KEYS), MAX_SPLITS)
-    return heads, lanes, vec, THREADS, splits, False
+    return heads, lanes, vec, THREADS, _splits(batch * (query_heads // heads) * query_len, key_len), False
 
 
-def _attention(queries, keys, values, scale, causal):
-    if keys.dtype != queries.dtype or values.dtype != queries.dtype:
-        keys, values = keys.astype(queries.dtype), values.astype(queries.dtype)
+def _splits(blocks, key_len):
+    """Split the keys into as many parts as keep the threadgroups within SPLIT_BLOCKS (rounding
+    down, as the CUDA example does: there, rounding up left a few SMs running two blocks in turn)."""
+    if not SPLIT_BLOCKS or blocks >= SPLIT_BLOCKS:
+        return 1
+    return min(SPLIT_BLOCKS // blocks, _length_splits(key_len))
+
+
+def _length_splits(key_len):
+    """The most splits `key_len` keys allow: all that a split count learns of the key length."""
+    return min(max(1, key_len // MIN_SPLIT_KEYS), MAX_SPLITS)
+
+
+_consts = {}
+
+
+def _const(value, dtype):
+    key = (value, dtype)
+    if key not in _consts:
+        _consts[key] = mx.array(value, dtype=dtype)
+        mx.eval(_consts[key])
+    return _consts[key]
+
+
+# ---- The launch of one call, planned once per shape and setting ------------------------------
+# A call's Python (the layout, the template, grid and output shapes, the scale as an array) is done
+# once per plan key and kept, as in the CUDA example, where it cost about 12 us of host time a call.
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One kernel launch, everything about it but its inputs."""
+    kernel: object  # from _kernel
+    template: list
+    grid: tuple
+    threadgroup: tuple
+    output_shapes: list
+    output_dtypes: list  # the first is the output's
+
+    def __call__(self, inputs):
+        return self.kernel(inputs=inputs, template=self.template, grid=self.grid, threadgroup=self.threadgroup,
+                           output_shapes=self.output_shapes, output_dtypes=self.output_dtypes)
+
+
+@dataclass(frozen=True)
+class Launch:
+    """What a call of these sizes does: the vector kernel's stage, its scale, and the stage that
+    merges the splits' partials when it splits."""
+    stage: Stage
+    scale: object  # a float32 scalar array
+    cast: bool = False  # keys or values come in another dtype than the queries
+    merge: Stage = None
+
+
+def plan(queries, keys, values, scale, causal):
+    """The Launch for a call with these inputs under the current tunables."""
     B, Hq, Lq, D = queries.shape
     Hkv, Lk = keys.shape[1], keys.shape[2]
     heads, lanes, vec, threads, splits, _ = layout(B, Hq, Hkv, Lq, Lk, D)
     template = [("T", queries.dtype), ("D", D), ("G", Hq // Hkv), ("HEADS", heads), ("LANES", lanes), ("VEC", vec),
                 ("THREADS", threads), ("UNROLL", UNROLL), ("ONLINE", ONLINE_SOFTMAX), ("CAUSAL", bool(causal))]
-    out, partials = _kernel("vector")(
-        inputs=[queries, keys, values, mx.array(float(scale), dtype=mx.float32)],
-        template=template,
-        grid=(splits * threads, B * (Hq // heads), Lq),
-        threadgroup=(threads, 1, 1),
+    stage = Stage(
+        _kernel("vector"), template, grid=(splits * threads, B * (Hq // heads), Lq), threadgroup=(threads, 1, 1),
         output_shapes=[(B, Hq, Lq, D) if splits == 1 else (1,), (B * Hq * Lq, splits, D + 4) if splits > 1 else (1,)],
-        output_dtypes=[queries.dtype, mx.float32],
-    )
+        output_dtypes=[queries.dtype, mx.float32])
+    launch = Launch(stage, _const(float(scale), mx.float32), cast=not queries.dtype == keys.dtype == values.dtype)
     if splits == 1:
-        return out
-    return _kernel("combine")(
-        inputs=[partials],
-        template=[("T", queries.dtype), ("D", D), ("MAX_SPLITS", MAX_SPLITS)],
-        grid=(B * Hq * Lq * COMBINE_THREADS, 1, 1),
-        threadgroup=(COMBINE_THREADS, 1, 1),
-        output_shapes=[(B, Hq, Lq, D)],
-        output_dtypes=[queries.dtype],
-    )[0]
+        return launch
+    return replace(launch, merge=Stage(
+        _kernel("combine"), [("T", queries.dtype), ("D", D), ("MAX_SPLITS", MAX_SPLITS)],
+        grid=(B * Hq * Lq * COMBINE_THREADS, 1, 1), threadgroup=(COMBINE_THREADS, 1, 1), output_shapes=[(B, Hq, Lq, D)],
+        output_dtypes=[queries.dtype]))
+
+
+def tunables():
+    """Every module-level setting a plan reads. A setting missing here would let a call reuse a
+    launch planned under another value."""
+    return (THREADS, KEY_LANES, VEC, SHARE_KV, ONLINE_SOFTMAX, UNROLL, SPLIT_BLOCKS, MIN_SPLIT_KEYS, MAX_SPLITS,
+            COMBINE_THREADS)
+
+
+_plans = {}
+
+
+def _attention(queries, keys, values, scale, causal):
+    # The key length enters a plan only through the split count (see _splits): decode against a
+    # growing KV cache reuses one plan for every step.
+    kshape = keys.shape
+    key = (queries.shape, kshape[0], kshape[1], kshape[3], _length_splits(kshape[2]),
+           queries.dtype, keys.dtype, values.dtype, scale, causal, tunables())
+    launch = _plans.get(key)
+    if launch is None:
+        launch = _plans[key] = plan(queries, keys, values, scale, causal)
+    if launch.cast:
+        keys, values = keys.astype(queries.dtype), values.astype(queries.dtype)
+    outs = launch.stage([queries, keys, values, launch.scale])
+    return outs[0] if launch.merge is None else launch.merge([outs[1]])[0]
 # EVOLVE-BLOCK-END
 
 
