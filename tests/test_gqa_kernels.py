@@ -173,17 +173,21 @@ def _choices(path: Path, name: str) -> list:
     return next(t.choices for t in parse(path.name, path.read_text()) if t.name == name)
 
 
+def _assert_every_tunable_is_in_the_plan_key(module, path: Path):
+    for name in _tunable_names(path):
+        before = module.tunables()
+        old = getattr(module, name)
+        setattr(module, name, next(c for c in _choices(path, name) if c != old))
+        assert module.tunables() != before, f"{name} is not in tunables()"
+        setattr(module, name, old)
+
+
 def test_cuda_plans_are_keyed_by_every_tunable_and_shared_across_cache_lengths():
     """A call reuses the launch planned for its key: the key must change with every tunable (or a
     setting changed by the operator or the sweep would replay the old launch), and must not
     change with the KV cache length alone (decode would plan again on every token)."""
     module = _load(CUDA_EXAMPLE)
-    for name in _tunable_names(CUDA_EXAMPLE):
-        before = module.tunables()
-        old = getattr(module, name)
-        setattr(module, name, next(c for c in _choices(CUDA_EXAMPLE, name) if c != old))
-        assert module.tunables() != before, f"{name} is not in tunables()"
-        setattr(module, name, old)
+    _assert_every_tunable_is_in_the_plan_key(module, CUDA_EXAMPLE)
     module.DOT, module.THREADS, module.SPLIT_BLOCKS, module.MIN_SPLIT_KEYS = "mma", 128, 132, 128
     q = mx.zeros((1, 40, 1, 128), dtype=mx.float16)
     # What the calls would launch, neither made (no CUDA here) nor launched.
@@ -202,12 +206,7 @@ def test_metal_plans_are_keyed_by_every_tunable_and_shared_across_cache_lengths(
     """The Metal example plans its launches as the CUDA one does: a key that changes with every
     tunable and, for the KV cache length, only with the split count."""
     module = _load(METAL_EXAMPLE)
-    for name in _tunable_names(METAL_EXAMPLE):
-        before = module.tunables()
-        old = getattr(module, name)
-        setattr(module, name, next(c for c in _choices(METAL_EXAMPLE, name) if c != old))
-        assert module.tunables() != before, f"{name} is not in tunables()"
-        setattr(module, name, old)
+    _assert_every_tunable_is_in_the_plan_key(module, METAL_EXAMPLE)
     module.THREADS, module.KEY_LANES, module.SHARE_KV, module.SPLIT_BLOCKS, module.MIN_SPLIT_KEYS = 256, 32, True, 64, 128
     launched = []
     # What the calls would launch, neither made (no Metal here) nor launched.
