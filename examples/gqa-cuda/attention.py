@@ -20,7 +20,7 @@ which is fastest against mx.fast.scaled_dot_product_attention. Only the EVOLVE-B
 import itertools
 import re
 import threading
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import mlx.core as mx
 
@@ -1181,11 +1181,12 @@ def _combine(dtype, shape):
                  output_dtypes=[dtype])
 
 
-def _split_launch(stage, queries, keys, values, scale, counters):
+def _split_launch(stage, queries, keys, values, scale, counters, merge):
     """The Launch of a kernel that takes (queries, keys, values, scale, counters) and may split:
-    `counters` rows when it merges atomically, else the constant zero."""
+    `counters` rows when it merges atomically, else the constant zero; `merge` when it merges in a
+    second launch."""
     return Launch(stage, [_const(float(scale), mx.float32)] + ([] if counters else [_const(0, mx.int32)]),
-                  counters=counters, cast=not queries.dtype == keys.dtype == values.dtype)
+                  counters=counters, cast=not queries.dtype == keys.dtype == values.dtype, merge=merge)
 
 
 def _plan_vector(queries, keys, values, scale, causal):
@@ -1203,8 +1204,8 @@ def _plan_vector(queries, keys, values, scale, causal):
         _kernel("vector", template), grid=(splits * threads, B * (Hq // heads), Lq), threadgroup=(threads, 1, 1),
         output_shapes=[(B, Hq, Lq, D) if merged else (1,), (B * Hq * Lq, splits, D + 4) if splits > 1 else (1,)],
         output_dtypes=[queries.dtype, mx.float32])
-    launch = _split_launch(stage, queries, keys, values, scale, B * (Hq // heads) * Lq if atomic else 0)
-    return launch if merged else replace(launch, merge=_combine(queries.dtype, (B, Hq, Lq, D)))
+    return _split_launch(stage, queries, keys, values, scale, B * (Hq // heads) * Lq if atomic else 0,
+                         None if merged else _combine(queries.dtype, (B, Hq, Lq, D)))
 
 
 def uses_decode_mma(queries, keys):
@@ -1239,8 +1240,8 @@ def _plan_decode_mma(queries, keys, values, scale):
         _kernel("decode_mma", template, ring), grid=(splits * THREADS, B * Hkv, 1), threadgroup=(THREADS, 1, 1),
         output_shapes=[(B, Hq, 1, D) if merged else (1,), (B * Hq, splits, D + 4) if splits > 1 else (1,)],
         output_dtypes=[queries.dtype, mx.float32])
-    launch = _split_launch(stage, queries, keys, values, scale, B * Hkv if atomic else 0)
-    return launch if merged else replace(launch, merge=_combine(queries.dtype, (B, Hq, 1, D)))
+    return _split_launch(stage, queries, keys, values, scale, B * Hkv if atomic else 0,
+                         None if merged else _combine(queries.dtype, (B, Hq, 1, D)))
 
 
 def _plan_mma(queries, keys, values, scale, causal):

@@ -17,7 +17,7 @@ query row, scalar dot products, a separate softmax pass, each query head reading
 K/V. Only the EVOLVE-BLOCK may change.
 """
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import mlx.core as mx
 
@@ -371,13 +371,12 @@ def plan(queries, keys, values, scale, causal):
         _kernel("vector"), template, grid=(splits * threads, B * (Hq // heads), Lq), threadgroup=(threads, 1, 1),
         output_shapes=[(B, Hq, Lq, D) if splits == 1 else (1,), (B * Hq * Lq, splits, D + 4) if splits > 1 else (1,)],
         output_dtypes=[queries.dtype, mx.float32])
-    launch = Launch(stage, _const(float(scale), mx.float32), cast=not queries.dtype == keys.dtype == values.dtype)
-    if splits == 1:
-        return launch
-    return replace(launch, merge=Stage(
+    merge = None if splits == 1 else Stage(
         _kernel("combine"), [("T", queries.dtype), ("D", D), ("MAX_SPLITS", MAX_SPLITS)],
         grid=(B * Hq * Lq * COMBINE_THREADS, 1, 1), threadgroup=(COMBINE_THREADS, 1, 1), output_shapes=[(B, Hq, Lq, D)],
-        output_dtypes=[queries.dtype]))
+        output_dtypes=[queries.dtype])
+    return Launch(stage, _const(float(scale), mx.float32), cast=not queries.dtype == keys.dtype == values.dtype,
+                  merge=merge)
 
 
 def tunables():
