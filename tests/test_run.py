@@ -2,9 +2,7 @@
 
 import json
 
-import pytest
-
-from conftest import CONFIG, HOOK, git, gitevolve, make_repo
+from conftest import HOOK, git, gitevolve, make_repo
 
 
 def notes(repo):
