@@ -2,9 +2,10 @@
 
     python benchmarks/gqa_gpu_time.py --kernel examples/gqa-cuda/attention.py --settings-from sweep.json
     python benchmarks/gqa_gpu_time.py --kernel K --set THREADS=256 --scenarios decode-40:8-8192,prefill-40:8-2048
+    python benchmarks/gqa_gpu_time.py --kernel K --set PREFILL=mma --variant wgmma:PREFILL=\"wgmma\"
 
 Each contender makes CALLS calls of each scenario, one call and then mx.eval at a time, on rotating
-inputs. Candidate and MLX alternate in A B B A order. The calls run under PyTorch's profiler, which
+inputs. The contenders (the candidate, each --variant of it, MLX) alternate in A B C C B A order. The calls run under PyTorch's profiler, which
 reads the GPU's own activity records (CUPTI) for every kernel in the process, MLX's included. For
 each it prints medians in microseconds:
 
@@ -70,6 +71,20 @@ def anatomy(events: list[dict]) -> dict[str, dict[str, float]]:
             for who, got in parts.items()}
 
 
+def parse_variants(items: list[str]) -> dict[str, dict]:
+    """--variant LABEL:NAME=VALUE[,NAME=VALUE...] arguments as {label: settings}."""
+    out = {}
+    for item in items:
+        label, sep, sets = item.partition(":")
+        label = label.strip()
+        if not sep or not label or not sets.strip():
+            raise SystemExit(f"--variant {item!r}: write it as LABEL:NAME=VALUE[,NAME=VALUE...]")
+        if label in out or label in ("candidate", "mlx"):
+            raise SystemExit(f"--variant {item!r}: the label {label!r} is taken; give each variant its own")
+        out[label] = bench.parse_set(sets.split(","))
+    return out
+
+
 def profile_calls(contenders: dict, scenarios: list, calls: int) -> list[dict]:
     """Run the calls under torch.profiler; the trace's events."""
     import mlx.core as mx
@@ -107,8 +122,11 @@ def main(argv=None) -> int:
     bench.add_candidate_arguments(p)
     p.add_argument("--scenarios", default=DEFAULT_SCENARIOS, help="comma-separated gqa_kernels.py scenario names")
     p.add_argument("--calls", type=int, default=24, help="calls per contender and scenario")
+    p.add_argument("--variant", action="append", default=[], metavar="LABEL:NAME=VALUE[,NAME=VALUE]",
+                   help="also time the candidate with these tunables changed (on top of --set), as LABEL")
     p.add_argument("--json", help="write the results here")
     args = p.parse_args(argv)
+    variants = parse_variants(args.variant)
 
     if bench.torch is None:
         raise SystemExit("gqa_gpu_time.py needs PyTorch with CUDA: its profiler reads the kernels' times from CUPTI")
@@ -118,17 +136,23 @@ def main(argv=None) -> int:
         raise SystemExit(f"unknown scenario {unknown[0]!r}; gqa_kernels.py's are: {', '.join(sorted(known))}")
     scenarios = [known[n] for n in args.scenarios.split(",")]
     module, where = bench.candidate_from_arguments(args)
+    contenders = {"candidate": module.gqa_attention}
+    for label, settings in variants.items():
+        variant, _ = bench.candidate_from_arguments(args)  # an instance of its own: plans are per module
+        bench.apply_settings(variant, settings)
+        contenders[label] = variant.gqa_attention
+    contenders["mlx"] = bench.baseline_fn
 
-    events = profile_calls({"candidate": module.gqa_attention, "mlx": bench.baseline_fn}, scenarios, args.calls)
-    found = anatomy(events)
+    found = anatomy(profile_calls(contenders, scenarios, args.calls))
     rows = [[s.name, who] + [found.get(f"{s.name}|{who}", {}).get(part, "-") for part in PARTS]
-            for s in scenarios for who in ("candidate", "mlx")]
+            for s in scenarios for who in contenders]
     print(f"candidate: {where}   settings: {json.dumps(bench.current_settings(module))}")
     print(tabulate(rows, headers=["scenario", "contender", *PARTS]))
     print("\nmedians in microseconds; host-side figures include the profiler's own overhead")
     if args.json:
         Path(args.json).write_text(json.dumps({"kernel": where, "settings": bench.current_settings(module),
-                                               "versions": bench.versions(), "anatomy_us": found}, indent=1))
+                                               "variants": variants, "versions": bench.versions(),
+                                               "anatomy_us": found}, indent=1))
     return 0
 
 

@@ -5,6 +5,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -88,3 +90,17 @@ def test_gpu_time_says_what_it_needs_without_a_cuda_torch():
     if has_cuda:
         return  # on a CUDA machine it runs instead; nothing to check here
     assert done.returncode == 1 and "needs PyTorch with CUDA" in done.stderr.strip().splitlines()[-1]
+
+
+def test_gpu_time_variants_are_labelled_settings_and_bad_ones_say_how_to_write_them():
+    sys.path.insert(0, str(ROOT))
+    try:
+        from benchmarks.gqa_gpu_time import parse_variants
+    finally:
+        sys.path.pop(0)
+
+    assert parse_variants(['wgmma:PREFILL="wgmma",WGMMA_GROUPS=2', "t128:THREADS=128"]) == {
+        "wgmma": {"PREFILL": "wgmma", "WGMMA_GROUPS": 2}, "t128": {"THREADS": 128}}
+    for bad in (["PREFILL=mma"], ["x:"], [":THREADS=1"], ["mlx:THREADS=1"], ["a:THREADS=1", "a:THREADS=2"]):
+        with pytest.raises(SystemExit, match="--variant"):
+            parse_variants(bad)
