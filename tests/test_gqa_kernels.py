@@ -388,6 +388,8 @@ CUDA_SETTINGS = {
     "mma-decode-kernel-merge": dict(THREADS=64, DOT="mma", SPLIT_BLOCKS=1056, MIN_SPLIT_KEYS=32, COMBINE="kernel"),
     "mma-decode-one-split": dict(THREADS=256, DOT="mma", SPLIT_BLOCKS=0),
     "sweep-pick": dict(THREADS=256, DOT="mma", SPLIT_BLOCKS=132, MIN_SPLIT_KEYS=1024, COMBINE="atomic", PREFILL="mma"),
+    "wgmma-prefill": dict(THREADS=256, DOT="mma", SPLIT_BLOCKS=132, MIN_SPLIT_KEYS=1024, COMBINE="atomic",
+                          PREFILL="wgmma"),
     "scalar-lanes": dict(THREADS=32, KEY_LANES=1, VEC=1, SHARE_KV=True, ONLINE_SOFTMAX=True, UNROLL=1,
                          SPLIT_BLOCKS=132, MIN_SPLIT_KEYS=256, COMBINE="kernel"),
 }

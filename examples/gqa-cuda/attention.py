@@ -69,8 +69,9 @@ MIN_SPLIT_KEYS = 256  # gitevolve: choices=[32, 64, 128, 256, 512, 1024]
 COMBINE = "kernel"  # gitevolve: choices=["atomic", "kernel"]
 
 # ---- Prefill (Lq > 1): "vector" uses the kernel above; "mma" a tiled kernel on the tensor cores
-# (float16/bfloat16, head dim 64 or 128; other inputs take the vector kernel).
-PREFILL = "vector"  # gitevolve: choices=["vector", "mma"]
+# (float16/bfloat16, head dim 64 or 128; other inputs take the vector kernel); "wgmma" the same on
+# Hopper's warpgroup MMA (H100/H200; other GPUs take "mma").
+PREFILL = "vector"  # gitevolve: choices=["vector", "mma", "wgmma"]
 
 MAX_SPLITS = 256
 COMBINE_THREADS = 128
@@ -1019,12 +1020,213 @@ MMA_SOURCE = r"""
   }
 """
 
+def _wgmma_function(n, a_from_registers, trans_b):
+    """CUDA for one wgmma.mma_async (m64 x n x k16, float32 accumulators) for both 16-bit types: A
+    from shared memory (a descriptor) or from registers, B from shared memory. The accumulator
+    arrays are laid out as an mma.sync m16n8 tile per 8 columns, as wgmma hands them out."""
+    regs = n // 2
+    d = ", ".join(f"%{i}" for i in range(regs))
+    outs = ", ".join(f'"+f"(d[{i // 4}][{i % 4}])' for i in range(regs))
+    name = "gqa_wgmma_rs" if a_from_registers else "gqa_wgmma_ss"
+    a_param = "const uint32_t (&a)[4]" if a_from_registers else "uint64_t da"
+    if a_from_registers:
+        a_ops, a_ins, rest = "{" + ", ".join(f"%{regs + i}" for i in range(4)) + "}", '"r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), ', 4
+        tail = f"p, 1, 1, {int(trans_b)}"
+    else:
+        a_ops, a_ins, rest = f"%{regs}", '"l"(da), ', 1
+        tail = f"p, 1, 1, 0, {int(trans_b)}"
+    text = []
+    for ctype, ptx in (("__half", "f16"), ("__nv_bfloat16", "bf16")):
+        text.append(
+            f"__device__ __forceinline__ void {name}(float (&d)[{n // 8}][4], {a_param}, uint64_t db, bool accumulate, {ctype}) {{\n"
+            f'  asm volatile("{{\\n.reg .pred p;\\nsetp.ne.b32 p, %{regs + rest + 1}, 0;\\n"\n'
+            f'               "wgmma.mma_async.sync.aligned.m64n{n}k16.f32.{ptx}.{ptx} {{{d}}}, {a_ops}, %{regs + rest}, {tail};\\n}}\\n"\n'
+            f"               : {outs}\n"
+            f'               : {a_ins}"l"(db), "r"(int(accumulate)));\n'
+            "}\n")
+    return "".join(text)
+
+
+# Prefill on Hopper's warpgroup MMA (sm_90a, which MLX compiles custom kernels for on an H100):
+# the mma.sync kernel above issues about three times the instructions of cuDNN's (Nsight Compute),
+# because each mma.sync computes a 16x8x16 tile from registers that ldmatrix and shared loads fill
+# first. Here one warpgroup (the block's 4 warps) computes S = Q K^T for 64 query rows and 64 keys
+# in D / 16 wgmma instructions reading Q and K straight from shared memory, and O += P V in 4, with
+# P from registers (the S accumulators, repacked to 16 bits, are already in the A operand's layout).
+# Q, K and V sit in shared memory as the 128-byte-swizzled tiles wgmma reads: rows of 64 elements
+# (128 bytes), a row's 16-byte chunk c at chunk c ^ (row % 8), tiles of D > 64 as several 64-column
+# sub-tiles, every tile 1024-byte aligned. K (for S) is K-major; V (for O) is read transposed
+# (imm-trans-b). cp.async copies the tiles (the next K/V tile's copy overlaps this one's use), and
+# fence.proxy.async makes its writes visible to wgmma, which reads through the async proxy.
+# Template arguments: T (float16 or bfloat16), D (64 or 128), CAUSAL.
+WGMMA_HEADER = MMA_HEADER + r"""
+// A shared memory matrix descriptor of a 128-byte-swizzled tile: its start, the byte offsets between
+// 8x8 core matrices along the leading (lbo) and stride (sbo) dimensions.
+__device__ __forceinline__ uint64_t gqa_wgmma_desc(const void* p, uint32_t lbo, uint32_t sbo) {
+  const uint32_t a = static_cast<uint32_t>(__cvta_generic_to_shared(p));
+  return uint64_t((a & 0x3FFFF) >> 4) | (uint64_t((lbo & 0x3FFFF) >> 4) << 16) |
+         (uint64_t((sbo & 0x3FFFF) >> 4) << 32) | (uint64_t(1) << 62);
+}
+__device__ __forceinline__ void gqa_wgmma_fence() { asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory"); }
+__device__ __forceinline__ void gqa_wgmma_commit() { asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory"); }
+template <int N>
+__device__ __forceinline__ void gqa_wgmma_wait() { asm volatile("wgmma.wait_group.sync.aligned %0;\n" ::"n"(N) : "memory"); }
+__device__ __forceinline__ void gqa_fence_async_shared() { asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory"); }
+""" + _wgmma_function(64, False, False) + _wgmma_function(64, True, True) + _wgmma_function(128, True, True)
+
+WGMMA_SOURCE = r"""
+  constexpr int BQ = 64, BK = 64, SUB = D / 64, CHUNKS = D / 8;  // SUB sub-tiles of 64 columns (128 bytes)
+  constexpr int QBYTES = SUB * BQ * 128, TBYTES = SUB * BK * 128;
+  constexpr float LOG2E = 1.4426950408889634f;
+  const float NEG_INF = -__int_as_float(0x7f800000);
+  extern __shared__ __align__(16) unsigned char gqa_smem[];
+  // The swizzle follows shared-memory address bits 4-9, so tiles start on 1024-byte boundaries.
+  unsigned char* const qs = gqa_smem + ((1024 - static_cast<uint32_t>(__cvta_generic_to_shared(gqa_smem)) % 1024) % 1024);
+  unsigned char* const stage0 = qs + QBYTES;  // two stages of (K tile, V tile)
+  // Row r's 16-byte chunk c16 (of D / 8) in a tile of `rows` rows.
+  auto at = [](unsigned char* tile, int rows, int r, int c16) {
+    return tile + (c16 / 8) * rows * 128 + r * 128 + (((c16 % 8) ^ (r % 8)) << 4);
+  };
+
+  const int Hq = queries_shape[1], Lq = queries_shape[2], Hkv = keys_shape[1], Lk = keys_shape[2];
+  const int qt = gridDim.x - 1 - blockIdx.x;  // the longest causal rows start first
+  const int b = blockIdx.y / Hq, h = blockIdx.y % Hq, kvh = h / (Hq / Hkv);
+  const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32, g = lane / 4, t = lane % 4;
+  const int r0 = qt * BQ + warp * 16 + g, r1 = r0 + 8;  // this lane's two rows of S and O
+  const float sl2 = scale[0] * LOG2E;
+
+  const T* qb = queries + b * queries_strides[0] + h * queries_strides[1];
+  const T* kb = keys + b * keys_strides[0] + kvh * keys_strides[1];
+  const T* vb = values + b * values_strides[0] + kvh * values_strides[1];
+  const int64_t qrs = queries_strides[2], qcs = queries_strides[3];
+  const int64_t krs = keys_strides[2], kcs = keys_strides[3], vrs = values_strides[2], vcs = values_strides[3];
+  const bool fast = qcs == 1 && kcs == 1 && vcs == 1 && qrs % 8 == 0 && krs % 8 == 0 && vrs % 8 == 0 &&
+      reinterpret_cast<uintptr_t>(qb) % 16 == 0 && reinterpret_cast<uintptr_t>(kb) % 16 == 0 &&
+      reinterpret_cast<uintptr_t>(vb) % 16 == 0;
+
+  // Rows [row0, row0 + rows) of a (.., D) matrix into a swizzled tile; zeros past `limit` rows.
+  auto copy_rows = [&](unsigned char* tile, int rows, const T* src, int64_t rs, int64_t cs, int row0, int limit) {
+    for (int i = tid; i < rows * CHUNKS; i += 128) {
+      const int r = i / CHUNKS, c16 = i % CHUNKS, row = row0 + r;
+      T* dst = reinterpret_cast<T*>(at(tile, rows, r, c16));
+      if (fast) {
+        gqa_cp_async16(dst, src + min(row, limit - 1) * rs + c16 * 8, row < limit);
+      } else {
+#pragma unroll
+        for (int e = 0; e < 8; ++e) dst[e] = row < limit ? src[row * rs + (c16 * 8 + e) * cs] : gqa_cast<T>(0.f);
+      }
+    }
+  };
+  auto fetch = [&](int k0) {
+    unsigned char* ks = stage0 + (k0 / BK % 2) * 2 * TBYTES;
+    copy_rows(ks, BK, kb, krs, kcs, k0, Lk);
+    copy_rows(ks + TBYTES, BK, vb, vrs, vcs, k0, Lk);
+    gqa_cp_async_commit();
+  };
+
+  const int kmax = CAUSAL ? min(Lk, min(qt * BQ + BQ, Lq) - 1 + Lk - Lq + 1) : Lk;
+  float o[D / 8][4];
+#pragma unroll
+  for (int i = 0; i < D / 8; ++i) o[i][0] = o[i][1] = o[i][2] = o[i][3] = 0.f;
+  float m0 = -1e30f, m1 = -1e30f, l0 = 0.f, l1 = 0.f;  // each row's running maximum (log2 units) and sum
+
+  copy_rows(qs, BQ, qb, qrs, qcs, qt * BQ, Lq);
+  gqa_cp_async_commit();
+  if (kmax > 0) fetch(0);
+  for (int k0 = 0; k0 < kmax; k0 += BK) {
+    __syncthreads();  // every warp is done with the stage the next fetch overwrites
+    if (k0 + BK < kmax) fetch(k0 + BK); else gqa_cp_async_commit();
+    gqa_cp_async_wait<1>();    // this thread's copies of Q and of tile k0 have landed ...
+    gqa_fence_async_shared();  // ... are made visible to wgmma's reads ...
+    __syncthreads();           // ... and so are every other thread's
+    unsigned char* ks = stage0 + (k0 / BK % 2) * 2 * TBYTES;
+    unsigned char* vs = ks + TBYTES;
+
+    // S = Q K^T, 16 head dims a step: 32 bytes into a 128-byte row, the next sub-tile every 4 steps.
+    float s[BK / 8][4];
+    gqa_wgmma_fence();
+#pragma unroll
+    for (int kd = 0; kd < D / 16; ++kd)
+      gqa_wgmma_ss(s, gqa_wgmma_desc(qs + (kd / 4) * BQ * 128 + (kd % 4) * 32, 16, 1024),
+                   gqa_wgmma_desc(ks + (kd / 4) * BK * 128 + (kd % 4) * 32, 16, 1024), kd > 0, T());
+    gqa_wgmma_commit();
+    gqa_wgmma_wait<0>();
+
+    float top0 = m0, top1 = m1;
+#pragma unroll
+    for (int nt = 0; nt < BK / 8; ++nt)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int key = k0 + nt * 8 + t * 2 + (e & 1), row = e < 2 ? r0 : r1;
+        const bool ok = key < Lk && (!CAUSAL || key <= row + Lk - Lq);
+        s[nt][e] = ok ? s[nt][e] * sl2 : NEG_INF;
+        if (e < 2) top0 = fmaxf(top0, s[nt][e]); else top1 = fmaxf(top1, s[nt][e]);
+      }
+    // A row's scores sit in the 4 lanes of a quad.
+    top0 = fmaxf(top0, __shfl_xor_sync(0xffffffffu, top0, 1));
+    top0 = fmaxf(top0, __shfl_xor_sync(0xffffffffu, top0, 2));
+    top1 = fmaxf(top1, __shfl_xor_sync(0xffffffffu, top1, 1));
+    top1 = fmaxf(top1, __shfl_xor_sync(0xffffffffu, top1, 2));
+    const float c0 = exp2f(m0 - top0), c1 = exp2f(m1 - top1);
+    m0 = top0;
+    m1 = top1;
+    l0 *= c0;
+    l1 *= c1;
+#pragma unroll
+    for (int i = 0; i < D / 8; ++i) { o[i][0] *= c0; o[i][1] *= c0; o[i][2] *= c1; o[i][3] *= c1; }
+#pragma unroll
+    for (int nt = 0; nt < BK / 8; ++nt) {
+      s[nt][0] = exp2f(s[nt][0] - m0);
+      s[nt][1] = exp2f(s[nt][1] - m0);
+      s[nt][2] = exp2f(s[nt][2] - m1);
+      s[nt][3] = exp2f(s[nt][3] - m1);
+      l0 += s[nt][0] + s[nt][1];
+      l1 += s[nt][2] + s[nt][3];
+    }
+
+    // O += P V, 16 keys a step: P's score tiles 2kk and 2kk + 1 are the A operand's registers of
+    // step kk; V's 16 rows (two groups of 8 rows, sbo apart) are read transposed, its sub-tiles lbo apart.
+    uint32_t pa[BK / 16][4];
+#pragma unroll
+    for (int kk = 0; kk < BK / 16; ++kk) {
+      pa[kk][0] = gqa_pack<T>(s[2 * kk][0], s[2 * kk][1]);
+      pa[kk][1] = gqa_pack<T>(s[2 * kk][2], s[2 * kk][3]);
+      pa[kk][2] = gqa_pack<T>(s[2 * kk + 1][0], s[2 * kk + 1][1]);
+      pa[kk][3] = gqa_pack<T>(s[2 * kk + 1][2], s[2 * kk + 1][3]);
+    }
+    gqa_wgmma_fence();  // after the last register write a wgmma reads (P, and O rescaled)
+#pragma unroll
+    for (int kk = 0; kk < BK / 16; ++kk)
+      gqa_wgmma_rs(o, pa[kk], gqa_wgmma_desc(vs + kk * 16 * 128, BK * 128, 1024), true, T());
+    gqa_wgmma_commit();
+    gqa_wgmma_wait<0>();
+  }
+  gqa_cp_async_wait<0>();  // no copy outlives the block (when no key is visible, Q's was never waited for)
+
+  l0 += __shfl_xor_sync(0xffffffffu, l0, 1);
+  l0 += __shfl_xor_sync(0xffffffffu, l0, 2);
+  l1 += __shfl_xor_sync(0xffffffffu, l1, 1);
+  l1 += __shfl_xor_sync(0xffffffffu, l1, 2);
+  const float i0 = l0 > 0.f ? 1.f / l0 : 0.f, i1 = l1 > 0.f ? 1.f / l1 : 0.f;
+  // Lane (g, t) holds dims 8 j + 2t (+1) of its rows.
+  T* ob = out + ((int64_t)b * Hq + h) * Lq * D;
+#pragma unroll
+  for (int j = 0; j < D / 8; ++j) {
+    if (r0 < Lq)
+      *reinterpret_cast<uint32_t*>(ob + (int64_t)r0 * D + 8 * j + 2 * t) = gqa_pack<T>(o[j][0] * i0, o[j][1] * i0);
+    if (r1 < Lq)
+      *reinterpret_cast<uint32_t*>(ob + (int64_t)r1 * D + 8 * j + 2 * t) = gqa_pack<T>(o[j][2] * i1, o[j][3] * i1);
+  }
+"""
+
+
 # name: (inputs, outputs, source, header, ensure_row_contiguous)
 _KERNELS = {
     "vector": (["queries", "keys", "values", "scale", "counters"], ["out", "partials"], VECTOR_SOURCE, HEADER, False),
     "decode_mma": (["queries", "keys", "values", "scale", "counters"], ["out", "partials"], DECODE_MMA_SOURCE,
                    MMA_HEADER, False),
     "mma": (["queries", "keys", "values", "scale"], ["out"], MMA_SOURCE, MMA_HEADER, False),
+    "wgmma": (["queries", "keys", "values", "scale"], ["out"], WGMMA_SOURCE, WGMMA_HEADER, False),
     "combine": (["partials"], ["out"], COMBINE_SOURCE, HEADER, True),
 }
 _CUDA_TYPES = {mx.float16: "__half", mx.bfloat16: "__nv_bfloat16", mx.float32: "float"}
@@ -1244,11 +1446,20 @@ def _plan_decode_mma(queries, keys, values, scale):
                          None if merged else _combine(queries.dtype, (B, Hq, 1, D)))
 
 
+def _hopper():
+    """Whether the GPU has wgmma (sm_90: H100, H200); MLX then compiles for sm_90a."""
+    return mx.device_info().get("architecture") == "sm_90"
+
+
 def _plan_mma(queries, keys, values, scale, causal):
     B, Hq, Lq, D = queries.shape
-    smem = 2 * 64 * ((D + 32) + (D + 8)) * queries.itemsize  # two stages of (K, V) tiles: BK rows of KP, VP
+    name = "wgmma" if PREFILL == "wgmma" and _hopper() else "mma"
+    if name == "wgmma":  # Q and two stages of (K, V) tiles of 64 rows, and room to align them to 1024 bytes
+        smem = 5 * 64 * D * queries.itemsize + 1024
+    else:  # two stages of (K, V) tiles: BK rows of KP, VP
+        smem = 2 * 64 * ((D + 32) + (D + 8)) * queries.itemsize
     stage = Stage(
-        _kernel("mma", [("T", queries.dtype), ("D", D), ("CAUSAL", bool(causal))], smem),
+        _kernel(name, [("T", queries.dtype), ("D", D), ("CAUSAL", bool(causal))], smem),
         grid=(-(-Lq // 64) * 128, B * Hq, 1), threadgroup=(128, 1, 1), output_shapes=[(B, Hq, Lq, D)],
         output_dtypes=[queries.dtype])
     return Launch(stage, [_const(float(scale), mx.float32)], cast=not queries.dtype == keys.dtype == values.dtype)
@@ -1257,7 +1468,7 @@ def _plan_mma(queries, keys, values, scale, causal):
 def uses_mma(queries):
     """Whether a call with these queries takes the tensor-core prefill kernel."""
     D, Lq = queries.shape[-1], queries.shape[2]
-    return PREFILL == "mma" and Lq > 1 and queries.dtype in (mx.float16, mx.bfloat16) and D in (64, 128)
+    return PREFILL in ("mma", "wgmma") and Lq > 1 and queries.dtype in (mx.float16, mx.bfloat16) and D in (64, 128)
 
 
 def plan(queries, keys, values, scale, causal):
