@@ -390,6 +390,8 @@ CUDA_SETTINGS = {
     "sweep-pick": dict(THREADS=256, DOT="mma", SPLIT_BLOCKS=132, MIN_SPLIT_KEYS=1024, COMBINE="atomic", PREFILL="mma"),
     "wgmma-prefill": dict(THREADS=256, DOT="mma", SPLIT_BLOCKS=132, MIN_SPLIT_KEYS=1024, COMBINE="atomic",
                           PREFILL="wgmma"),
+    "wgmma-prefill-2": dict(THREADS=256, DOT="mma", SPLIT_BLOCKS=132, MIN_SPLIT_KEYS=1024, COMBINE="atomic",
+                            PREFILL="wgmma", WGMMA_GROUPS=2),
     "scalar-lanes": dict(THREADS=32, KEY_LANES=1, VEC=1, SHARE_KV=True, ONLINE_SOFTMAX=True, UNROLL=1,
                          SPLIT_BLOCKS=132, MIN_SPLIT_KEYS=256, COMBINE="kernel"),
 }

@@ -72,6 +72,7 @@ COMBINE = "kernel"  # gitevolve: choices=["atomic", "kernel"]
 # (float16/bfloat16, head dim 64 or 128; other inputs take the vector kernel); "wgmma" the same on
 # Hopper's warpgroup MMA (H100/H200; other GPUs take "mma").
 PREFILL = "vector"  # gitevolve: choices=["vector", "mma", "wgmma"]
+WGMMA_GROUPS = 1  # "wgmma": warpgroups (64 query rows each) that share each K/V tile
 
 MAX_SPLITS = 256
 COMBINE_THREADS = 128
@@ -1058,7 +1059,8 @@ def _wgmma_function(n, a_from_registers, trans_b):
 # sub-tiles, every tile 1024-byte aligned. K (for S) is K-major; V (for O) is read transposed
 # (imm-trans-b). cp.async copies the tiles (the next K/V tile's copy overlaps this one's use), and
 # fence.proxy.async makes its writes visible to wgmma, which reads through the async proxy.
-# Template arguments: T (float16 or bfloat16), D (64 or 128), CAUSAL.
+# WGS warpgroups share each K/V tile, 64 query rows each, so that a tile's copy serves 64 * WGS rows.
+# Template arguments: T (float16 or bfloat16), D (64 or 128), CAUSAL, WGS (1 or 2).
 WGMMA_HEADER = MMA_HEADER + r"""
 // A shared memory matrix descriptor of a 128-byte-swizzled tile: its start, the byte offsets between
 // 8x8 core matrices along the leading (lbo) and stride (sbo) dimensions.
@@ -1075,7 +1077,7 @@ __device__ __forceinline__ void gqa_fence_async_shared() { asm volatile("fence.p
 """ + _wgmma_function(64, False, False) + _wgmma_function(64, True, True) + _wgmma_function(128, True, True)
 
 WGMMA_SOURCE = r"""
-  constexpr int BQ = 64, BK = 64, SUB = D / 64, CHUNKS = D / 8;  // SUB sub-tiles of 64 columns (128 bytes)
+  constexpr int THREADS = 128 * WGS, BQ = 64 * WGS, BK = 64, SUB = D / 64, CHUNKS = D / 8;  // SUB sub-tiles of 64 columns
   constexpr int QBYTES = SUB * BQ * 128, TBYTES = SUB * BK * 128;
   constexpr float LOG2E = 1.4426950408889634f;
   const float NEG_INF = -__int_as_float(0x7f800000);
@@ -1091,8 +1093,8 @@ WGMMA_SOURCE = r"""
   const int Hq = queries_shape[1], Lq = queries_shape[2], Hkv = keys_shape[1], Lk = keys_shape[2];
   const int qt = gridDim.x - 1 - blockIdx.x;  // the longest causal rows start first
   const int b = blockIdx.y / Hq, h = blockIdx.y % Hq, kvh = h / (Hq / Hkv);
-  const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32, g = lane / 4, t = lane % 4;
-  const int r0 = qt * BQ + warp * 16 + g, r1 = r0 + 8;  // this lane's two rows of S and O
+  const int tid = threadIdx.x, wg = tid / 128, warp = tid / 32, lane = tid % 32, g = lane / 4, t = lane % 4;
+  const int r0 = qt * BQ + warp * 16 + g, r1 = r0 + 8;  // this lane's two rows of S and O (warpgroup wg's 64)
   const float sl2 = scale[0] * LOG2E;
 
   const T* qb = queries + b * queries_strides[0] + h * queries_strides[1];
@@ -1106,7 +1108,7 @@ WGMMA_SOURCE = r"""
 
   // Rows [row0, row0 + rows) of a (.., D) matrix into a swizzled tile; zeros past `limit` rows.
   auto copy_rows = [&](unsigned char* tile, int rows, const T* src, int64_t rs, int64_t cs, int row0, int limit) {
-    for (int i = tid; i < rows * CHUNKS; i += 128) {
+    for (int i = tid; i < rows * CHUNKS; i += THREADS) {
       const int r = i / CHUNKS, c16 = i % CHUNKS, row = row0 + r;
       T* dst = reinterpret_cast<T*>(at(tile, rows, r, c16));
       if (fast) {
@@ -1147,7 +1149,7 @@ WGMMA_SOURCE = r"""
     gqa_wgmma_fence();
 #pragma unroll
     for (int kd = 0; kd < D / 16; ++kd)
-      gqa_wgmma_ss(s, gqa_wgmma_desc(qs + (kd / 4) * BQ * 128 + (kd % 4) * 32, 16, 1024),
+      gqa_wgmma_ss(s, gqa_wgmma_desc(qs + (kd / 4) * BQ * 128 + wg * 64 * 128 + (kd % 4) * 32, 16, 1024),
                    gqa_wgmma_desc(ks + (kd / 4) * BK * 128 + (kd % 4) * 32, 16, 1024), kd > 0, T());
     gqa_wgmma_commit();
     gqa_wgmma_wait<0>();
@@ -1453,14 +1455,17 @@ def _hopper():
 
 def _plan_mma(queries, keys, values, scale, causal):
     B, Hq, Lq, D = queries.shape
-    name = "wgmma" if PREFILL == "wgmma" and _hopper() else "mma"
-    if name == "wgmma":  # Q and two stages of (K, V) tiles of 64 rows, and room to align them to 1024 bytes
-        smem = 5 * 64 * D * queries.itemsize + 1024
+    template = [("T", queries.dtype), ("D", D), ("CAUSAL", bool(causal))]
+    rows, threads = 64, 128
+    if PREFILL == "wgmma" and _hopper():
+        # Q's 64 * WGS rows and two stages of (K, V) tiles of 64 rows, and room to align them to 1024 bytes
+        rows, threads, name = 64 * WGMMA_GROUPS, 128 * WGMMA_GROUPS, "wgmma"
+        smem, template = (WGMMA_GROUPS + 4) * 64 * D * queries.itemsize + 1024, template + [("WGS", WGMMA_GROUPS)]
     else:  # two stages of (K, V) tiles: BK rows of KP, VP
-        smem = 2 * 64 * ((D + 32) + (D + 8)) * queries.itemsize
+        name, smem = "mma", 2 * 64 * ((D + 32) + (D + 8)) * queries.itemsize
     stage = Stage(
-        _kernel(name, [("T", queries.dtype), ("D", D), ("CAUSAL", bool(causal))], smem),
-        grid=(-(-Lq // 64) * 128, B * Hq, 1), threadgroup=(128, 1, 1), output_shapes=[(B, Hq, Lq, D)],
+        _kernel(name, template, smem),
+        grid=(-(-Lq // rows) * threads, B * Hq, 1), threadgroup=(threads, 1, 1), output_shapes=[(B, Hq, Lq, D)],
         output_dtypes=[queries.dtype])
     return Launch(stage, [_const(float(scale), mx.float32)], cast=not queries.dtype == keys.dtype == values.dtype)
 
@@ -1494,7 +1499,7 @@ def tunables():
     """Every module-level setting a plan reads. A setting missing here would let a call reuse a
     launch planned under another value."""
     return (THREADS, KEY_LANES, VEC, SHARE_KV, ONLINE_SOFTMAX, UNROLL, DOT, STAGES, SPLIT_BLOCKS, MIN_SPLIT_KEYS,
-            COMBINE, PREFILL, MAX_SPLITS, COMBINE_THREADS, RING_BYTES)
+            COMBINE, PREFILL, WGMMA_GROUPS, MAX_SPLITS, COMBINE_THREADS, RING_BYTES)
 
 
 _plans = {}
