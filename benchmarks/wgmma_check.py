@@ -45,6 +45,7 @@ QK_SOURCE = LAYOUT + r"""
                  gqa_wgmma_desc(b_tile + (kd / 4) * 64 * 128 + (kd % 4) * 32, 16, 1024), kd > 0, T());
   gqa_wgmma_commit();
   gqa_wgmma_wait<0>();
+  gqa_wgmma_fence_operands(s);
   for (int nt = 0; nt < 8; ++nt)
     for (int e = 0; e < 4; ++e)
       out[(warp * 16 + g + (e >= 2 ? 8 : 0)) * 64 + nt * 8 + 2 * t + (e & 1)] = s[nt][e];
@@ -73,6 +74,7 @@ PV_SOURCE = LAYOUT + r"""
     gqa_wgmma_rs(o, pa[kk], gqa_wgmma_desc(b_tile + kk * 16 * 128, 64 * 128, 1024), kk > 0, T());
   gqa_wgmma_commit();
   gqa_wgmma_wait<0>();
+  gqa_wgmma_fence_operands(o);
   for (int j = 0; j < D / 8; ++j)
     for (int e = 0; e < 4; ++e)
       out[(e < 2 ? r0 : r1) * D + 8 * j + 2 * t + (e & 1)] = o[j][e];

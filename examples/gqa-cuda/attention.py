@@ -1074,6 +1074,15 @@ __device__ __forceinline__ void gqa_wgmma_commit() { asm volatile("wgmma.commit_
 template <int N>
 __device__ __forceinline__ void gqa_wgmma_wait() { asm volatile("wgmma.wait_group.sync.aligned %0;\n" ::"n"(N) : "memory"); }
 __device__ __forceinline__ void gqa_fence_async_shared() { asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory"); }
+// Pins every accumulator register at this point of the program: the compiler sees a wgmma's asm
+// write them at its issue, not at the wait that completes it, and must not move their uses across.
+template <int N>
+__device__ __forceinline__ void gqa_wgmma_fence_operands(float (&d)[N][4]) {
+#pragma unroll
+  for (int i = 0; i < N; ++i)
+#pragma unroll
+    for (int j = 0; j < 4; ++j) asm volatile("" : "+f"(d[i][j])::"memory");
+}
 """ + _wgmma_function(64, False, False) + _wgmma_function(64, True, True) + _wgmma_function(128, True, True)
 
 WGMMA_SOURCE = r"""
@@ -1146,6 +1155,7 @@ WGMMA_SOURCE = r"""
 
     // S = Q K^T, 16 head dims a step: 32 bytes into a 128-byte row, the next sub-tile every 4 steps.
     float s[BK / 8][4];
+    gqa_wgmma_fence_operands(s);
     gqa_wgmma_fence();
 #pragma unroll
     for (int kd = 0; kd < D / 16; ++kd)
@@ -1153,6 +1163,7 @@ WGMMA_SOURCE = r"""
                    gqa_wgmma_desc(ks + (kd / 4) * BK * 128 + (kd % 4) * 32, 16, 1024), kd > 0, T());
     gqa_wgmma_commit();
     gqa_wgmma_wait<0>();
+    gqa_wgmma_fence_operands(s);
 
     float top0 = m0, top1 = m1;
 #pragma unroll
@@ -1196,12 +1207,14 @@ WGMMA_SOURCE = r"""
       pa[kk][2] = gqa_pack<T>(s[2 * kk + 1][0], s[2 * kk + 1][1]);
       pa[kk][3] = gqa_pack<T>(s[2 * kk + 1][2], s[2 * kk + 1][3]);
     }
+    gqa_wgmma_fence_operands(o);
     gqa_wgmma_fence();  // after the last register write a wgmma reads (P, and O rescaled)
 #pragma unroll
     for (int kk = 0; kk < BK / 16; ++kk)
       gqa_wgmma_rs(o, pa[kk], gqa_wgmma_desc(vs + kk * 16 * 128, BK * 128, 1024), true, T());
     gqa_wgmma_commit();
     gqa_wgmma_wait<0>();
+    gqa_wgmma_fence_operands(o);
   }
   gqa_cp_async_wait<0>();  // no copy outlives the block (when no key is visible, Q's was never waited for)
 
