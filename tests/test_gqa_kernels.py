@@ -392,6 +392,8 @@ CUDA_SETTINGS = {
                           PREFILL="wgmma"),
     "wgmma-prefill-2": dict(THREADS=256, DOT="mma", SPLIT_BLOCKS=132, MIN_SPLIT_KEYS=1024, COMBINE="atomic",
                             PREFILL="wgmma", WGMMA_GROUPS=2),
+    "wgmma-prefill-pipe": dict(THREADS=256, DOT="mma", SPLIT_BLOCKS=132, MIN_SPLIT_KEYS=1024, COMBINE="atomic",
+                               PREFILL="wgmma", WGMMA_GROUPS=2, WGMMA_PIPELINE=True),
     "scalar-lanes": dict(THREADS=32, KEY_LANES=1, VEC=1, SHARE_KV=True, ONLINE_SOFTMAX=True, UNROLL=1,
                          SPLIT_BLOCKS=132, MIN_SPLIT_KEYS=256, COMBINE="kernel"),
 }

@@ -73,6 +73,7 @@ COMBINE = "kernel"  # gitevolve: choices=["atomic", "kernel"]
 # Hopper's warpgroup MMA (H100/H200; other GPUs take "mma").
 PREFILL = "vector"  # gitevolve: choices=["vector", "mma", "wgmma"]
 WGMMA_GROUPS = 1  # "wgmma": warpgroups (64 query rows each) that share each K/V tile
+WGMMA_PIPELINE = False  # "wgmma": a tile's O += P V runs during the next tile's softmax
 
 MAX_SPLITS = 256
 COMBINE_THREADS = 128
@@ -1060,7 +1061,9 @@ def _wgmma_function(n, a_from_registers, trans_b):
 # (imm-trans-b). cp.async copies the tiles (the next K/V tile's copy overlaps this one's use), and
 # fence.proxy.async makes its writes visible to wgmma, which reads through the async proxy.
 # WGS warpgroups share each K/V tile, 64 query rows each, so that a tile's copy serves 64 * WGS rows.
-# Template arguments: T (float16 or bfloat16), D (64 or 128), CAUSAL, WGS (1 or 2).
+# With PIPE, a tile's O += P V is issued behind the next tile's S = Q K^T and runs during that tile's
+# softmax (FlashAttention-3's overlap within a warpgroup), with three stages of K/V tiles.
+# Template arguments: T (float16 or bfloat16), D (64 or 128), CAUSAL, WGS (1 or 2), PIPE.
 WGMMA_HEADER = MMA_HEADER + r"""
 // A shared memory matrix descriptor of a 128-byte-swizzled tile: its start, the byte offsets between
 // 8x8 core matrices along the leading (lbo) and stride (sbo) dimensions.
@@ -1074,6 +1077,15 @@ __device__ __forceinline__ void gqa_wgmma_commit() { asm volatile("wgmma.commit_
 template <int N>
 __device__ __forceinline__ void gqa_wgmma_wait() { asm volatile("wgmma.wait_group.sync.aligned %0;\n" ::"n"(N) : "memory"); }
 __device__ __forceinline__ void gqa_fence_async_shared() { asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory"); }
+// A wgmma's accumulator read after the wait that completes it: the compiler sees the wgmma's asm
+// write its accumulators at its issue, so a plain read could be moved above the wait; a volatile
+// asm is not. It copies rather than pins in place: an accumulator written by anything but a wgmma
+// while another wgmma batch is in flight makes ptxas serialize the two.
+__device__ __forceinline__ float gqa_wgmma_read(float x) {
+  float y;
+  asm volatile("mov.b32 %0, %1;" : "=f"(y) : "f"(x));
+  return y;
+}
 // Pins every accumulator register at this point of the program: the compiler sees a wgmma's asm
 // write them at its issue, not at the wait that completes it, and must not move their uses across.
 template <int N>
@@ -1093,7 +1105,9 @@ WGMMA_SOURCE = r"""
   extern __shared__ __align__(16) unsigned char gqa_smem[];
   // The swizzle follows shared-memory address bits 4-9, so tiles start on 1024-byte boundaries.
   unsigned char* const qs = gqa_smem + ((1024 - static_cast<uint32_t>(__cvta_generic_to_shared(gqa_smem)) % 1024) % 1024);
-  unsigned char* const stage0 = qs + QBYTES;  // two stages of (K tile, V tile)
+  // Stages of (K tile, V tile): with PIPE a tile's V is still read while the tile after next is copied.
+  constexpr int NSTAGES = PIPE ? 3 : 2;
+  unsigned char* const stage0 = qs + QBYTES;
   // Row r's 16-byte chunk c16 (of D / 8) in a tile of `rows` rows.
   auto at = [](unsigned char* tile, int rows, int r, int c16) {
     return tile + (c16 / 8) * rows * 128 + r * 128 + (((c16 % 8) ^ (r % 8)) << 4);
@@ -1128,8 +1142,16 @@ WGMMA_SOURCE = r"""
       }
     }
   };
+  // O += P V, 16 keys a step: V's 16 rows (two groups of 8, sbo apart) read transposed, its
+  // sub-tiles lbo apart; committed as one wgmma group.
+  auto gqa_wgmma_pv = [](float (&acc)[D / 8][4], const uint32_t (&p)[BK / 16][4], const unsigned char* v) {
+#pragma unroll
+    for (int kk = 0; kk < BK / 16; ++kk)
+      gqa_wgmma_rs(acc, p[kk], gqa_wgmma_desc(v + kk * 16 * 128, BK * 128, 1024), true, T());
+    gqa_wgmma_commit();
+  };
   auto fetch = [&](int k0) {
-    unsigned char* ks = stage0 + (k0 / BK % 2) * 2 * TBYTES;
+    unsigned char* ks = stage0 + (k0 / BK % NSTAGES) * 2 * TBYTES;
     copy_rows(ks, BK, kb, krs, kcs, k0, Lk);
     copy_rows(ks + TBYTES, BK, vb, vrs, vcs, k0, Lk);
     gqa_cp_async_commit();
@@ -1140,31 +1162,31 @@ WGMMA_SOURCE = r"""
 #pragma unroll
   for (int i = 0; i < D / 8; ++i) o[i][0] = o[i][1] = o[i][2] = o[i][3] = 0.f;
   float m0 = -1e30f, m1 = -1e30f, l0 = 0.f, l1 = 0.f;  // each row's running maximum (log2 units) and sum
+  uint32_t pa[BK / 16][4];  // P of the last tile softmax saw, as the A operand of O += P V
 
   copy_rows(qs, BQ, qb, qrs, qcs, qt * BQ, Lq);
   gqa_cp_async_commit();
   if (kmax > 0) fetch(0);
-  for (int k0 = 0; k0 < kmax; k0 += BK) {
+  // Tile k0 in shared memory, the next one's copy under way; its K (its V is TBYTES further).
+  auto ready = [&](int k0) {
     __syncthreads();  // every warp is done with the stage the next fetch overwrites
     if (k0 + BK < kmax) fetch(k0 + BK); else gqa_cp_async_commit();
     gqa_cp_async_wait<1>();    // this thread's copies of Q and of tile k0 have landed ...
     gqa_fence_async_shared();  // ... are made visible to wgmma's reads ...
     __syncthreads();           // ... and so are every other thread's
-    unsigned char* ks = stage0 + (k0 / BK % 2) * 2 * TBYTES;
-    unsigned char* vs = ks + TBYTES;
-
-    // S = Q K^T, 16 head dims a step: 32 bytes into a 128-byte row, the next sub-tile every 4 steps.
-    float s[BK / 8][4];
-    gqa_wgmma_fence_operands(s);
-    gqa_wgmma_fence();
+    return stage0 + (k0 / BK % NSTAGES) * 2 * TBYTES;
+  };
+  // S = Q K^T, 16 head dims a step: 32 bytes into a 128-byte row, the next sub-tile every 4 steps.
+  auto issue_qk = [&](float (&acc)[BK / 8][4], const unsigned char* ks) {
 #pragma unroll
     for (int kd = 0; kd < D / 16; ++kd)
-      gqa_wgmma_ss(s, gqa_wgmma_desc(qs + (kd / 4) * BQ * 128 + wg * 64 * 128 + (kd % 4) * 32, 16, 1024),
+      gqa_wgmma_ss(acc, gqa_wgmma_desc(qs + (kd / 4) * BQ * 128 + wg * 64 * 128 + (kd % 4) * 32, 16, 1024),
                    gqa_wgmma_desc(ks + (kd / 4) * BK * 128 + (kd % 4) * 32, 16, 1024), kd > 0, T());
     gqa_wgmma_commit();
-    gqa_wgmma_wait<0>();
-    gqa_wgmma_fence_operands(s);
-
+  };
+  // The online softmax of tile k0's scores: P into `p`, the running maximum and sum updated, and by
+  // how much O must be rescaled. It reads S through gqa_wgmma_read, into `p`.
+  auto softmax = [&](const float (&acc)[BK / 8][4], int k0, float (&p)[BK / 8][4], float& c0, float& c1) {
     float top0 = m0, top1 = m1;
 #pragma unroll
     for (int nt = 0; nt < BK / 8; ++nt)
@@ -1172,47 +1194,89 @@ WGMMA_SOURCE = r"""
       for (int e = 0; e < 4; ++e) {
         const int key = k0 + nt * 8 + t * 2 + (e & 1), row = e < 2 ? r0 : r1;
         const bool ok = key < Lk && (!CAUSAL || key <= row + Lk - Lq);
-        s[nt][e] = ok ? s[nt][e] * sl2 : NEG_INF;
-        if (e < 2) top0 = fmaxf(top0, s[nt][e]); else top1 = fmaxf(top1, s[nt][e]);
+        p[nt][e] = ok ? gqa_wgmma_read(acc[nt][e]) * sl2 : NEG_INF;
+        if (e < 2) top0 = fmaxf(top0, p[nt][e]); else top1 = fmaxf(top1, p[nt][e]);
       }
     // A row's scores sit in the 4 lanes of a quad.
     top0 = fmaxf(top0, __shfl_xor_sync(0xffffffffu, top0, 1));
     top0 = fmaxf(top0, __shfl_xor_sync(0xffffffffu, top0, 2));
     top1 = fmaxf(top1, __shfl_xor_sync(0xffffffffu, top1, 1));
     top1 = fmaxf(top1, __shfl_xor_sync(0xffffffffu, top1, 2));
-    const float c0 = exp2f(m0 - top0), c1 = exp2f(m1 - top1);
+    c0 = exp2f(m0 - top0);
+    c1 = exp2f(m1 - top1);
     m0 = top0;
     m1 = top1;
     l0 *= c0;
     l1 *= c1;
 #pragma unroll
-    for (int i = 0; i < D / 8; ++i) { o[i][0] *= c0; o[i][1] *= c0; o[i][2] *= c1; o[i][3] *= c1; }
-#pragma unroll
     for (int nt = 0; nt < BK / 8; ++nt) {
-      s[nt][0] = exp2f(s[nt][0] - m0);
-      s[nt][1] = exp2f(s[nt][1] - m0);
-      s[nt][2] = exp2f(s[nt][2] - m1);
-      s[nt][3] = exp2f(s[nt][3] - m1);
-      l0 += s[nt][0] + s[nt][1];
-      l1 += s[nt][2] + s[nt][3];
+      p[nt][0] = exp2f(p[nt][0] - m0);
+      p[nt][1] = exp2f(p[nt][1] - m0);
+      p[nt][2] = exp2f(p[nt][2] - m1);
+      p[nt][3] = exp2f(p[nt][3] - m1);
+      l0 += p[nt][0] + p[nt][1];
+      l1 += p[nt][2] + p[nt][3];
     }
-
-    // O += P V, 16 keys a step: P's score tiles 2kk and 2kk + 1 are the A operand's registers of
-    // step kk; V's 16 rows (two groups of 8 rows, sbo apart) are read transposed, its sub-tiles lbo apart.
-    uint32_t pa[BK / 16][4];
+  };
+  // P as the A operand of O += P V: score tiles 2kk and 2kk + 1 are step kk's registers.
+  auto pack = [&](const float (&p)[BK / 8][4]) {
 #pragma unroll
     for (int kk = 0; kk < BK / 16; ++kk) {
-      pa[kk][0] = gqa_pack<T>(s[2 * kk][0], s[2 * kk][1]);
-      pa[kk][1] = gqa_pack<T>(s[2 * kk][2], s[2 * kk][3]);
-      pa[kk][2] = gqa_pack<T>(s[2 * kk + 1][0], s[2 * kk + 1][1]);
-      pa[kk][3] = gqa_pack<T>(s[2 * kk + 1][2], s[2 * kk + 1][3]);
+      pa[kk][0] = gqa_pack<T>(p[2 * kk][0], p[2 * kk][1]);
+      pa[kk][1] = gqa_pack<T>(p[2 * kk][2], p[2 * kk][3]);
+      pa[kk][2] = gqa_pack<T>(p[2 * kk + 1][0], p[2 * kk + 1][1]);
+      pa[kk][3] = gqa_pack<T>(p[2 * kk + 1][2], p[2 * kk + 1][3]);
+    }
+  };
+  auto rescale = [&](float c0, float c1) {
+#pragma unroll
+    for (int i = 0; i < D / 8; ++i) { o[i][0] *= c0; o[i][1] *= c0; o[i][2] *= c1; o[i][3] *= c1; }
+  };
+  float s[BK / 8][4], p[BK / 8][4];
+  float c0, c1;
+
+  if constexpr (!PIPE) {
+    for (int k0 = 0; k0 < kmax; k0 += BK) {
+      const unsigned char* ks = ready(k0);
+      gqa_wgmma_fence();
+      issue_qk(s, ks);
+      gqa_wgmma_wait<0>();
+      softmax(s, k0, p, c0, c1);
+      rescale(c0, c1);
+      pack(p);
+      gqa_wgmma_fence_operands(o);
+      gqa_wgmma_fence();  // after the last register write a wgmma reads (P, and O rescaled)
+      gqa_wgmma_pv(o, pa, ks + TBYTES);
+      gqa_wgmma_wait<0>();
+      gqa_wgmma_fence_operands(o);
+    }
+  } else if (kmax > 0) {
+    // Tile j's O += P V is issued right behind tile j + 1's S = Q K^T and runs during that tile's
+    // softmax; O is rescaled once it is done.
+    const unsigned char* ks = ready(0);
+    gqa_wgmma_fence();
+    issue_qk(s, ks);
+    gqa_wgmma_wait<0>();
+    softmax(s, 0, p, c0, c1);  // O is still zero: nothing to rescale
+    pack(p);
+    const unsigned char* vs_prev = ks + TBYTES;
+    for (int k0 = BK; k0 < kmax; k0 += BK) {
+      ks = ready(k0);
+      gqa_wgmma_fence_operands(o);
+      gqa_wgmma_fence();
+      issue_qk(s, ks);
+      gqa_wgmma_pv(o, pa, vs_prev);
+      gqa_wgmma_wait<1>();  // S is done; O += P V may still run, reading O and pa: neither is written
+      softmax(s, k0, p, c0, c1);
+      gqa_wgmma_wait<0>();
+      gqa_wgmma_fence_operands(o);
+      rescale(c0, c1);
+      pack(p);
+      vs_prev = ks + TBYTES;
     }
     gqa_wgmma_fence_operands(o);
-    gqa_wgmma_fence();  // after the last register write a wgmma reads (P, and O rescaled)
-#pragma unroll
-    for (int kk = 0; kk < BK / 16; ++kk)
-      gqa_wgmma_rs(o, pa[kk], gqa_wgmma_desc(vs + kk * 16 * 128, BK * 128, 1024), true, T());
-    gqa_wgmma_commit();
+    gqa_wgmma_fence();
+    gqa_wgmma_pv(o, pa, vs_prev);
     gqa_wgmma_wait<0>();
     gqa_wgmma_fence_operands(o);
   }
@@ -1473,7 +1537,9 @@ def _plan_mma(queries, keys, values, scale, causal):
     if PREFILL == "wgmma" and _hopper():
         # Q's 64 * WGS rows and two stages of (K, V) tiles of 64 rows, and room to align them to 1024 bytes
         rows, threads, name = 64 * WGMMA_GROUPS, 128 * WGMMA_GROUPS, "wgmma"
-        smem, template = (WGMMA_GROUPS + 4) * 64 * D * queries.itemsize + 1024, template + [("WGS", WGMMA_GROUPS)]
+        stages = 3 if WGMMA_PIPELINE else 2
+        smem = (WGMMA_GROUPS + 2 * stages) * 64 * D * queries.itemsize + 1024
+        template = template + [("WGS", WGMMA_GROUPS), ("PIPE", WGMMA_PIPELINE)]
     else:  # two stages of (K, V) tiles: BK rows of KP, VP
         name, smem = "mma", 2 * 64 * ((D + 32) + (D + 8)) * queries.itemsize
     stage = Stage(
@@ -1512,7 +1578,7 @@ def tunables():
     """Every module-level setting a plan reads. A setting missing here would let a call reuse a
     launch planned under another value."""
     return (THREADS, KEY_LANES, VEC, SHARE_KV, ONLINE_SOFTMAX, UNROLL, DOT, STAGES, SPLIT_BLOCKS, MIN_SPLIT_KEYS,
-            COMBINE, PREFILL, WGMMA_GROUPS, MAX_SPLITS, COMBINE_THREADS, RING_BYTES)
+            COMBINE, PREFILL, WGMMA_GROUPS, WGMMA_PIPELINE, MAX_SPLITS, COMBINE_THREADS, RING_BYTES)
 
 
 _plans = {}
