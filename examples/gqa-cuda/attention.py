@@ -1076,6 +1076,11 @@ __device__ __forceinline__ void gqa_wgmma_fence() { asm volatile("wgmma.fence.sy
 __device__ __forceinline__ void gqa_wgmma_commit() { asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory"); }
 template <int N>
 __device__ __forceinline__ void gqa_wgmma_wait() { asm volatile("wgmma.wait_group.sync.aligned %0;\n" ::"n"(N) : "memory"); }
+// A compile-time int as a value, for the generic lambdas of a kernel body (which cannot be templates).
+template <int N>
+struct gqa_int {
+  static constexpr int value = N;
+};
 __device__ __forceinline__ void gqa_fence_async_shared() { asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory"); }
 // A wgmma's accumulator read after the wait that completes it: the compiler sees the wgmma's asm
 // write its accumulators at its issue, so a plain read could be moved above the wait; a volatile
@@ -1129,16 +1134,22 @@ WGMMA_SOURCE = r"""
       reinterpret_cast<uintptr_t>(qb) % 16 == 0 && reinterpret_cast<uintptr_t>(kb) % 16 == 0 &&
       reinterpret_cast<uintptr_t>(vb) % 16 == 0;
 
-  // Rows [row0, row0 + rows) of a (.., D) matrix into a swizzled tile; zeros past `limit` rows.
+  // Rows [row0, row0 + rows) of a (.., D) matrix into a swizzled tile; zeros past `limit` rows. A
+  // thread copies 16-byte chunk c16 of every STEP-th row from row rt: STEP being a multiple of 8, the
+  // chunk sits at the same swizzled place in each of them.
+  constexpr int STEP = THREADS / CHUNKS;
+  static_assert(STEP % 8 == 0, "a thread's rows share one swizzle");
+  const int c16 = tid % CHUNKS, rt = tid / CHUNKS, chunk = ((c16 % 8) ^ (rt % 8)) << 4;
   auto copy_rows = [&](unsigned char* tile, int rows, const T* src, int64_t rs, int64_t cs, int row0, int limit) {
-    for (int i = tid; i < rows * CHUNKS; i += THREADS) {
-      const int r = i / CHUNKS, c16 = i % CHUNKS, row = row0 + r;
-      T* dst = reinterpret_cast<T*>(at(tile, rows, r, c16));
+    unsigned char* dst = tile + (c16 / 8) * rows * 128 + rt * 128 + chunk;
+#pragma unroll 1  // unrolled, ptxas keeps each row's address in registers across the loop
+    for (int row = row0 + rt; row < row0 + rows; row += STEP, dst += STEP * 128) {
       if (fast) {
         gqa_cp_async16(dst, src + min(row, limit - 1) * rs + c16 * 8, row < limit);
       } else {
 #pragma unroll
-        for (int e = 0; e < 8; ++e) dst[e] = row < limit ? src[row * rs + (c16 * 8 + e) * cs] : gqa_cast<T>(0.f);
+        for (int e = 0; e < 8; ++e)
+          reinterpret_cast<T*>(dst)[e] = row < limit ? src[row * rs + (c16 * 8 + e) * cs] : gqa_cast<T>(0.f);
       }
     }
   };
@@ -1185,35 +1196,43 @@ WGMMA_SOURCE = r"""
     gqa_wgmma_commit();
   };
   // The online softmax of tile k0's scores: P into `p`, the running maximum and sum updated, and by
-  // how much O must be rescaled. It reads S through gqa_wgmma_read, into `p`.
+  // how much O must be rescaled. It reads S through gqa_wgmma_read, into `p`. Only tiles that reach
+  // past the last key or across the causal diagonal of some row in the warpgroup are masked.
+  const int wg_row0 = qt * BQ + wg * 64;
   auto softmax = [&](const float (&acc)[BK / 8][4], int k0, float (&p)[BK / 8][4], float& c0, float& c1) {
     float top0 = m0, top1 = m1;
+    // Scaled scores into p, each row's maximum into top0 / top1; masked, or not at all.
+    auto scores = [&](auto masked) {
 #pragma unroll
-    for (int nt = 0; nt < BK / 8; ++nt)
+      for (int nt = 0; nt < BK / 8; ++nt)
 #pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        const int key = k0 + nt * 8 + t * 2 + (e & 1), row = e < 2 ? r0 : r1;
-        const bool ok = key < Lk && (!CAUSAL || key <= row + Lk - Lq);
-        p[nt][e] = ok ? gqa_wgmma_read(acc[nt][e]) * sl2 : NEG_INF;
-        if (e < 2) top0 = fmaxf(top0, p[nt][e]); else top1 = fmaxf(top1, p[nt][e]);
-      }
+        for (int e = 0; e < 4; ++e) {
+          p[nt][e] = gqa_wgmma_read(acc[nt][e]) * sl2;
+          if constexpr (decltype(masked)::value) {
+            const int key = k0 + nt * 8 + t * 2 + (e & 1), row = e < 2 ? r0 : r1;
+            if (key >= Lk || (CAUSAL && key > row + Lk - Lq)) p[nt][e] = NEG_INF;
+          }
+          if (e < 2) top0 = fmaxf(top0, p[nt][e]); else top1 = fmaxf(top1, p[nt][e]);
+        }
+    };
+    if (k0 + BK > Lk || (CAUSAL && k0 + BK - 1 > wg_row0 + Lk - Lq)) scores(gqa_int<1>()); else scores(gqa_int<0>());
     // A row's scores sit in the 4 lanes of a quad.
     top0 = fmaxf(top0, __shfl_xor_sync(0xffffffffu, top0, 1));
     top0 = fmaxf(top0, __shfl_xor_sync(0xffffffffu, top0, 2));
     top1 = fmaxf(top1, __shfl_xor_sync(0xffffffffu, top1, 1));
     top1 = fmaxf(top1, __shfl_xor_sync(0xffffffffu, top1, 2));
-    c0 = exp2f(m0 - top0);
-    c1 = exp2f(m1 - top1);
+    c0 = gqa_exp2(m0 - top0);
+    c1 = gqa_exp2(m1 - top1);
     m0 = top0;
     m1 = top1;
     l0 *= c0;
     l1 *= c1;
 #pragma unroll
     for (int nt = 0; nt < BK / 8; ++nt) {
-      p[nt][0] = exp2f(p[nt][0] - m0);
-      p[nt][1] = exp2f(p[nt][1] - m0);
-      p[nt][2] = exp2f(p[nt][2] - m1);
-      p[nt][3] = exp2f(p[nt][3] - m1);
+      p[nt][0] = gqa_exp2(p[nt][0] - m0);
+      p[nt][1] = gqa_exp2(p[nt][1] - m0);
+      p[nt][2] = gqa_exp2(p[nt][2] - m1);
+      p[nt][3] = gqa_exp2(p[nt][3] - m1);
       l0 += p[nt][0] + p[nt][1];
       l1 += p[nt][2] + p[nt][3];
     }
