@@ -72,8 +72,10 @@ COMBINE = "kernel"  # gitevolve: choices=["atomic", "kernel"]
 # (float16/bfloat16, head dim 64 or 128; other inputs take the vector kernel); "wgmma" the same on
 # Hopper's warpgroup MMA (H100/H200; other GPUs take "mma").
 PREFILL = "vector"  # gitevolve: choices=["vector", "mma", "wgmma"]
-WGMMA_GROUPS = 1  # "wgmma": warpgroups (64 query rows each) that share each K/V tile
-WGMMA_PIPELINE = False  # "wgmma": a tile's O += P V runs during the next tile's softmax
+# "wgmma": WGMMA_GROUPS warpgroups (64 query rows each) share each K/V tile; with WGMMA_PIPELINE a
+# tile's O += P V runs during the next tile's softmax.
+WGMMA_GROUPS = 1  # gitevolve: choices=[1, 2]
+WGMMA_PIPELINE = False  # gitevolve: choices=[False, True]
 
 MAX_SPLITS = 256
 COMBINE_THREADS = 128
