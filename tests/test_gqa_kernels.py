@@ -202,6 +202,31 @@ def test_cuda_plans_are_keyed_by_every_tunable_and_shared_across_cache_lengths()
     assert planned[2].stage.grid[0] < planned[0].stage.grid[0]  # 1000 keys: fewer splits
 
 
+def test_cuda_wgmma_prefill_is_planned_on_hopper_only_and_two_blocks_fit_an_sm():
+    """PREFILL="wgmma" takes Hopper's warpgroup MMA only where MLX reports an sm_90 GPU (MLX then
+    compiles for sm_90a; elsewhere wgmma does not exist) and the mma.sync prefill otherwise. Its
+    plain form must leave room for two blocks an SM: that is what makes two warpgroups a block fast."""
+    module = _load(CUDA_EXAMPLE)
+    module.PREFILL, module.WGMMA_GROUPS = "wgmma", 2
+    module._kernel = lambda name, template, shared_memory=0: (name, dict(template), shared_memory)
+    q = mx.zeros((1, 40, 2048, 128), dtype=mx.float16)
+    kv = mx.zeros((1, 8, 2048, 128), dtype=mx.float16)
+
+    module._hopper = lambda: False
+    name, _, _ = module.plan(q, kv, kv, 0.1, True).stage.kernel
+    assert name == "mma"
+
+    module._hopper = lambda: True
+    stage = module.plan(q, kv, kv, 0.1, True).stage
+    name, template, smem = stage.kernel
+    assert name == "wgmma" and template["WGS"] == 2 and not template["PIPE"]
+    assert stage.threadgroup == (256, 1, 1) and stage.grid == (2048 // 128 * 256, 40, 1)
+    sm_bytes, reserved_per_block = 228 * 1024, 1024  # an H100 SM's shared memory, and the driver's share
+    assert 2 * (smem + reserved_per_block) <= sm_bytes
+    module.WGMMA_PIPELINE = True  # three K/V stages: still within one block's limit of 227 KB
+    assert module.plan(q, kv, kv, 0.1, True).stage.kernel[2] <= 227 * 1024
+
+
 def test_metal_plans_are_keyed_by_every_tunable_and_shared_across_cache_lengths():
     """The Metal example plans its launches as the CUDA one does: a key that changes with every
     tunable and, for the KV cache length, only with the split count."""
