@@ -23,10 +23,10 @@ and the interquartile spread are reported. It also measures the device's copy an
 (MLX and torch) and the fraction of it the candidate reaches on decode (the K/V bytes that must be
 read, over its amortised time), and checks every scenario's output against the float32 reference
 on fresh inputs, computed on the CPU stream (on a CUDA GPU, MLX's float32 matmuls run as TF32,
-~2e-3 off in float32). --sweep first walks the candidate's tunables (coordinate descent on the decode
-time per call and amortised; each setting is checked for correctness, then timed interleaved with
-the best setting so far and kept only if at least 3% faster in two races) and then benchmarks the
-best setting found.
+~2e-3 off in float32). --sweep first walks the candidate's tunables (coordinate descent on time per
+call and amortised: the decode tunables on decode scenarios, then the prefill ones on prefill
+scenarios; each setting is checked for correctness, then timed interleaved with the best setting
+so far and kept only if at least 3% faster in two races) and then benchmarks the best setting found.
 """
 
 from __future__ import annotations
@@ -152,6 +152,13 @@ SWEEP_CHECKED = (
     Scenario("check-prefill-40:8-37-after-63", 1, 40, 8, 37, 100),
 )
 SWEEP_CPU_TIMED = (_decode(QWEN14, 300), _decode(QWEN06, 600))
+# Tunables that choose or shape only the prefill kernel (Lq > 1). The sweep tunes them in a second
+# phase, on prefill time: decode time cannot tell their choices apart, so on decode alone they
+# would keep whatever value the file starts with (the plain prefill, 10x slower at 2048 tokens).
+PREFILL_TUNABLES = ("PREFILL", "WGMMA_GROUPS", "WGMMA_PIPELINE")
+SWEEP_PREFILL_TIMED = (_prefill(QWEN14, 2048), _prefill(QWEN06, 2048, dtype="bfloat16"))
+SWEEP_CPU_PREFILL_TIMED = (_prefill(QWEN06, 64),)
+SWEEP_PREFILL_CHECKED = SWEEP_CHECKED + (Scenario("check-prefill-16:8-300-bf16", 1, 16, 8, 300, 300, "bfloat16"),)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -517,7 +524,8 @@ def table(results: list[dict], bw: dict) -> str:
 
 
 # ---------------------------------------------------------------------------------------------
-# Sweep: coordinate descent over the Python tunables, on the decode time per call and amortised
+# Sweep: coordinate descent over the Python tunables, on the time per call and amortised: first the
+# decode tunables on decode scenarios, then the prefill tunables on prefill scenarios
 
 # A trial replaces the incumbent only when the geometric mean of its time ratios to it, measured
 # interleaved, is below this in two races one after the other.
@@ -525,8 +533,9 @@ SWEEP_MARGIN = 0.97
 
 
 def sweep(module, calls: int, rounds: int, budget_s: float, timed=SWEEP_TIMED, checked=SWEEP_CHECKED,
-          start: dict | None = None, log=print) -> dict:
-    """Coordinate descent over the candidate's tunables. Each trial setting must be right on
+          start: dict | None = None, log=print, names=None) -> dict:
+    """Coordinate descent over the candidate's tunables (those in `names`, all if None) on the
+    scenarios `timed`. Each trial setting must be right on
     `checked`, then it races the incumbent (the best setting so far, held by a second instance of
     the candidate) round by round on the same inputs, per call and amortised, and wins only by
     SWEEP_MARGIN, twice. Why all of it, from the lent H100:
@@ -536,7 +545,7 @@ def sweep(module, calls: int, rounds: int, budget_s: float, timed=SWEEP_TIMED, c
         never reads, won by 10%), so a win must hold in a second race;
       - on the amortised time alone, it picked unsplit decode: 50 calls in flight keep the GPU busy
         without splits, but one call alone then took 263 us at a 32k cache against 143 split."""
-    space = {k: v for k, v in tunables(module).items() if k != "PREFILL"}
+    space = {k: v for k, v in tunables(module).items() if names is None or k in names}
     initial = current_settings(module)
     incumbent = guards.load_candidate(Path(module.__file__))
     sets = {s.name: [mlx_inputs(s) for _ in range(calls)] for s in timed}
@@ -624,6 +633,25 @@ def sweep(module, calls: int, rounds: int, budget_s: float, timed=SWEEP_TIMED, c
             "margin": SWEEP_MARGIN, "tried": history, "initial_entry": history[0]}
 
 
+def sweep_decode_then_prefill(module, calls: int, rounds: int, budget_s: float, cpu: bool, start: dict,
+                              log=print) -> dict:
+    """The sweep in two phases, each with `budget_s`: the decode tunables on decode time, then the
+    prefill tunables (PREFILL_TUNABLES that the candidate has) on prefill time, from the first
+    phase's best. "best" is the setting both found."""
+    names = set(tunables(module))
+    log("sweep, decode tunables on decode time")
+    decode = sweep(module, calls, rounds, budget_s, timed=SWEEP_CPU_TIMED if cpu else SWEEP_TIMED, start=start,
+                   log=log, names=names - set(PREFILL_TUNABLES))
+    result = {"best": decode["best"], "decode": decode}
+    if names & set(PREFILL_TUNABLES):
+        log("sweep, prefill tunables on prefill time")
+        prefill = sweep(module, calls, rounds, budget_s, timed=SWEEP_CPU_PREFILL_TIMED if cpu else SWEEP_PREFILL_TIMED,
+                        checked=SWEEP_PREFILL_CHECKED, start=decode["best"], log=log,
+                        names=names & set(PREFILL_TUNABLES))
+        result.update(best=prefill["best"], prefill=prefill)
+    return result
+
+
 def _per_call_rounds(rounds: int) -> int:
     """Rounds of single calls for `rounds` amortised rounds: a call alone is cheap and noisier."""
     return max(4, 4 * rounds)
@@ -693,10 +721,9 @@ def main(argv=None) -> int:
     print(f"candidate: {where}   device: {report['versions'].get('gpu') or report['versions']['device']}", flush=True)
 
     if args.sweep or args.sweep_only:
-        timed = SWEEP_CPU_TIMED if cpu else SWEEP_TIMED
-        report["sweep"] = sweep(module, min(args.calls, 8) if cpu else args.calls, 2 if cpu else 3,
-                                args.sweep_budget, timed=timed, start={**current_settings(module), **parse_set(args.start)},
-                                log=lambda m: print(m, flush=True))
+        report["sweep"] = sweep_decode_then_prefill(
+            module, min(args.calls, 8) if cpu else args.calls, 2 if cpu else 3, args.sweep_budget, cpu,
+            start={**current_settings(module), **parse_set(args.start)}, log=lambda m: print(m, flush=True))
         print("best setting: " + json.dumps(report["sweep"]["best"]), flush=True)
         if args.json:
             Path(args.json).write_text(json.dumps(report, indent=1, default=str))
