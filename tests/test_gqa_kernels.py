@@ -13,6 +13,7 @@ from __future__ import annotations
 import ast
 import importlib.util
 import itertools
+import json
 import math
 import os
 import subprocess
@@ -393,6 +394,29 @@ def test_bench_sweep_keeps_a_setting_only_when_it_beats_the_best_side_by_side(be
     assert bench.current_settings(module) == result["best"]
 
 
+def test_bench_sweep_tunes_the_prefill_tunables_on_prefill_time(bench, tmp_path):
+    """Decode time cannot tell a prefill kernel's choices apart, so the sweep tunes PREFILL in a
+    second phase on prefill scenarios. Here the MLX example gains a PREFILL whose "slow" choice
+    adds a large matmul to every prefill call and leaves decode alone: the decode phase must not
+    touch it, and the prefill phase must find "fast"."""
+    text = MLX_EXAMPLE.read_text()
+    text = text.replace('SOFTMAX = "manual"', 'PREFILL = "slow"  # gitevolve: choices=["slow", "fast"]\nSOFTMAX = "manual"', 1)
+    text = text.replace("    q, k, v = queries.astype(dtype), keys.astype(dtype), values.astype(dtype)\n",
+                        "    q, k, v = queries.astype(dtype), keys.astype(dtype), values.astype(dtype)\n"
+                        "    if PREFILL == \"slow\" and query_len > 1:\n"
+                        "        q = q + 0 * mx.sum(mx.ones((384, 384)) @ mx.ones((384, 384)))\n", 1)
+    assert text.count("PREFILL") == 2
+    candidate = tmp_path / "attention.py"
+    candidate.write_text(text)
+    out = tmp_path / "sweep.json"
+    assert bench.main(["--kernel", str(candidate), "--sweep-only", "--sweep-budget", "3", "--json", str(out)]) == 0
+    result = json.loads(out.read_text())["sweep"]
+    assert all(t["settings"]["PREFILL"] == "slow" for t in result["decode"]["tried"])
+    assert {k for t in result["prefill"]["tried"] for k, v in t["settings"].items()
+            if v != result["decode"]["best"][k]} == {"PREFILL"}
+    assert result["best"] == {**result["decode"]["best"], "PREFILL": "fast"}
+
+
 # ---------------------------------------------------------------------------------------------
 # On the GPUs
 
@@ -412,11 +436,10 @@ CUDA_SETTINGS = {
     "mma-decode": dict(THREADS=128, DOT="mma", SPLIT_BLOCKS=528, MIN_SPLIT_KEYS=64, COMBINE="atomic", PREFILL="mma"),
     "mma-decode-kernel-merge": dict(THREADS=64, DOT="mma", SPLIT_BLOCKS=1056, MIN_SPLIT_KEYS=32, COMBINE="kernel"),
     "mma-decode-one-split": dict(THREADS=256, DOT="mma", SPLIT_BLOCKS=0),
-    "sweep-pick": dict(THREADS=256, DOT="mma", SPLIT_BLOCKS=132, MIN_SPLIT_KEYS=1024, COMBINE="atomic", PREFILL="mma"),
+    "sweep-pick": dict(THREADS=256, DOT="mma", SPLIT_BLOCKS=132, MIN_SPLIT_KEYS=1024, COMBINE="atomic",
+                       PREFILL="wgmma", WGMMA_GROUPS=2),
     "wgmma-prefill": dict(THREADS=256, DOT="mma", SPLIT_BLOCKS=132, MIN_SPLIT_KEYS=1024, COMBINE="atomic",
                           PREFILL="wgmma"),
-    "wgmma-prefill-2": dict(THREADS=256, DOT="mma", SPLIT_BLOCKS=132, MIN_SPLIT_KEYS=1024, COMBINE="atomic",
-                            PREFILL="wgmma", WGMMA_GROUPS=2),
     "wgmma-prefill-pipe": dict(THREADS=256, DOT="mma", SPLIT_BLOCKS=132, MIN_SPLIT_KEYS=1024, COMBINE="atomic",
                                PREFILL="wgmma", WGMMA_GROUPS=2, WGMMA_PIPELINE=True),
     "scalar-lanes": dict(THREADS=32, KEY_LANES=1, VEC=1, SHARE_KV=True, ONLINE_SOFTMAX=True, UNROLL=1,
