@@ -529,6 +529,27 @@ __device__ __forceinline__ void gqa_cp_async_commit() { asm volatile("cp.async.c
 template <int N>
 __device__ __forceinline__ void gqa_cp_async_wait() { asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory"); }
 
+// The end of a prefill warp: O of its rows r0 and r1 (lane (g, t) holds dims 8 j + 2t and 8 j + 2t + 1
+// of both, in the m16n8 accumulator layout) divided by the rows' softmax sums, whose parts are
+// spread over the 4 lanes of a quad, and stored to `ob`, the (Lq, D) output of this head.
+template <typename T, int J>
+__device__ __forceinline__ void gqa_store_rows(T* ob, int Lq, int r0, int r1, int t, float l0, float l1,
+                                               const float (&o)[J][4]) {
+  constexpr int D = 8 * J;
+  l0 += __shfl_xor_sync(0xffffffffu, l0, 1);
+  l0 += __shfl_xor_sync(0xffffffffu, l0, 2);
+  l1 += __shfl_xor_sync(0xffffffffu, l1, 1);
+  l1 += __shfl_xor_sync(0xffffffffu, l1, 2);
+  const float i0 = l0 > 0.f ? 1.f / l0 : 0.f, i1 = l1 > 0.f ? 1.f / l1 : 0.f;
+#pragma unroll
+  for (int j = 0; j < J; ++j) {
+    if (r0 < Lq)
+      *reinterpret_cast<uint32_t*>(ob + (int64_t)r0 * D + 8 * j + 2 * t) = gqa_pack<T>(o[j][0] * i0, o[j][1] * i0);
+    if (r1 < Lq)
+      *reinterpret_cast<uint32_t*>(ob + (int64_t)r1 * D + 8 * j + 2 * t) = gqa_pack<T>(o[j][2] * i1, o[j][3] * i1);
+  }
+}
+
 // Eight consecutive elements of a row (element stride `stride`) as four packed pairs, zeros when
 // not `valid`: how the prefill kernel gathers its query fragments, once per block.
 template <typename T>
@@ -1008,20 +1029,7 @@ MMA_SOURCE = r"""
     }
   }
 
-  l0 += __shfl_xor_sync(0xffffffffu, l0, 1);
-  l0 += __shfl_xor_sync(0xffffffffu, l0, 2);
-  l1 += __shfl_xor_sync(0xffffffffu, l1, 1);
-  l1 += __shfl_xor_sync(0xffffffffu, l1, 2);
-  const float i0 = l0 > 0.f ? 1.f / l0 : 0.f, i1 = l1 > 0.f ? 1.f / l1 : 0.f;
-  // Lane (g, t) holds dims 8 j + 2t (+1) of its rows.
-  T* ob = out + ((int64_t)b * Hq + h) * Lq * D;
-#pragma unroll
-  for (int j = 0; j < D / 8; ++j) {
-    if (r0 < Lq)
-      *reinterpret_cast<uint32_t*>(ob + (int64_t)r0 * D + 8 * j + 2 * t) = gqa_pack<T>(o[j][0] * i0, o[j][1] * i0);
-    if (r1 < Lq)
-      *reinterpret_cast<uint32_t*>(ob + (int64_t)r1 * D + 8 * j + 2 * t) = gqa_pack<T>(o[j][2] * i1, o[j][3] * i1);
-  }
+  gqa_store_rows(out + ((int64_t)b * Hq + h) * Lq * D, Lq, r0, r1, t, l0, l1, o);
 """
 
 def _wgmma_function(n, a_from_registers, trans_b):
@@ -1303,20 +1311,7 @@ WGMMA_SOURCE = r"""
   }
   gqa_cp_async_wait<0>();  // no copy outlives the block (when no key is visible, Q's was never waited for)
 
-  l0 += __shfl_xor_sync(0xffffffffu, l0, 1);
-  l0 += __shfl_xor_sync(0xffffffffu, l0, 2);
-  l1 += __shfl_xor_sync(0xffffffffu, l1, 1);
-  l1 += __shfl_xor_sync(0xffffffffu, l1, 2);
-  const float i0 = l0 > 0.f ? 1.f / l0 : 0.f, i1 = l1 > 0.f ? 1.f / l1 : 0.f;
-  // Lane (g, t) holds dims 8 j + 2t (+1) of its rows.
-  T* ob = out + ((int64_t)b * Hq + h) * Lq * D;
-#pragma unroll
-  for (int j = 0; j < D / 8; ++j) {
-    if (r0 < Lq)
-      *reinterpret_cast<uint32_t*>(ob + (int64_t)r0 * D + 8 * j + 2 * t) = gqa_pack<T>(o[j][0] * i0, o[j][1] * i0);
-    if (r1 < Lq)
-      *reinterpret_cast<uint32_t*>(ob + (int64_t)r1 * D + 8 * j + 2 * t) = gqa_pack<T>(o[j][2] * i1, o[j][3] * i1);
-  }
+  gqa_store_rows(out + ((int64_t)b * Hq + h) * Lq * D, Lq, r0, r1, t, l0, l1, o);
 """
 
 
