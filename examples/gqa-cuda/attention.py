@@ -1123,10 +1123,6 @@ WGMMA_SOURCE = r"""
   // Stages of (K tile, V tile): with PIPE a tile's V is still read while the tile after next is copied.
   constexpr int NSTAGES = PIPE ? 3 : 2;
   unsigned char* const stage0 = qs + QBYTES;
-  // Row r's 16-byte chunk c16 (of D / 8) in a tile of `rows` rows.
-  auto at = [](unsigned char* tile, int rows, int r, int c16) {
-    return tile + (c16 / 8) * rows * 128 + r * 128 + (((c16 % 8) ^ (r % 8)) << 4);
-  };
 
   const int Hq = queries_shape[1], Lq = queries_shape[2], Hkv = keys_shape[1], Lk = keys_shape[2];
   const int qt = gridDim.x - 1 - blockIdx.x;  // the longest causal rows start first
@@ -1144,8 +1140,9 @@ WGMMA_SOURCE = r"""
       reinterpret_cast<uintptr_t>(qb) % 16 == 0 && reinterpret_cast<uintptr_t>(kb) % 16 == 0 &&
       reinterpret_cast<uintptr_t>(vb) % 16 == 0;
 
-  // Rows [row0, row0 + rows) of a (.., D) matrix into a swizzled tile; zeros past `limit` rows. A
-  // thread copies 16-byte chunk c16 of every STEP-th row from row rt: STEP being a multiple of 8, the
+  // Rows [row0, row0 + rows) of a (.., D) matrix into a swizzled tile; zeros past `limit` rows. Row
+  // r's 16-byte chunk c16 (of D / 8) sits at (c16 / 8) * rows * 128 + r * 128 + ((c16 % 8) ^ (r % 8)) * 16.
+  // A thread copies chunk c16 of every STEP-th row from row rt: STEP being a multiple of 8, the
   // chunk sits at the same swizzled place in each of them.
   constexpr int STEP = THREADS / CHUNKS;
   static_assert(STEP % 8 == 0, "a thread's rows share one swizzle");
