@@ -706,7 +706,8 @@ def main(argv=None) -> int:
     p.add_argument("--rounds", type=int, default=None, help="per-call rounds (default 30, quick 10)")
     p.add_argument("--sweep", action="store_true", help="tune the candidate's tunables before the benchmark")
     p.add_argument("--sweep-only", action="store_true", help="tune, save, and skip the benchmark")
-    p.add_argument("--sweep-budget", type=float, default=240.0, help="seconds for the sweep")
+    p.add_argument("--sweep-budget", type=float, default=240.0,
+                   help="seconds for each phase of the sweep (decode tunables, then prefill tunables)")
     p.add_argument("--start", action="append", default=[], metavar="NAME=VALUE",
                    help="where the sweep starts (on top of the candidate's own values)")
     p.add_argument("--mlx-decode-mask", choices=["causal", "none"], default="none",
