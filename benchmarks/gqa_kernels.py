@@ -108,8 +108,8 @@ def _decode(heads, lk, batch=1, dtype="float16", capacity=0):
 
 def _prefill(heads, length, batch=1, dtype="float16"):
     q, kv = heads
-    return Scenario(f"prefill-{q}:{kv}-{length}" + ("" if dtype == "float16" else f"-{dtype}"),
-                    batch, q, kv, length, length, dtype)
+    return Scenario(f"prefill-{q}:{kv}-{length}" + (f"-b{batch}" if batch > 1 else "")
+                    + ("" if dtype == "float16" else f"-{dtype}"), batch, q, kv, length, length, dtype)
 
 
 QWEN14, QWEN06 = (40, 8), (16, 8)
@@ -131,6 +131,16 @@ SETS = {
         _decode(QWEN14, 32768),
         _decode(QWEN14, 8000, capacity=8192),
         _prefill(QWEN14, 2048),
+    ),
+    # The evaluator's short calls, where the candidate trails MLX most per call (hooks/gqa_mlx.py on
+    # the H100: 0.51x at 129 keys x 8, 0.70x at 128, 0.79-0.89x for the short prompts).
+    "short": (
+        _decode(QWEN06, 128),
+        _decode(QWEN06, 129, batch=8, dtype="bfloat16"),
+        _decode(QWEN14, 1000),
+        _prefill(QWEN06, 37, batch=4, dtype="bfloat16"),
+        Scenario("prefill-40:8-61-after-450", 1, 40, 8, 61, 511),
+        _prefill(QWEN06, 512),
     ),
     # Small enough for MLX's CPU backend: checks this script, not a GPU.
     "cpu": (
@@ -701,7 +711,7 @@ def candidate_from_arguments(args) -> tuple[object, str]:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     add_candidate_arguments(p)
-    p.add_argument("--scenarios", default=None, help="full, quick, cpu, or comma-separated scenario names")
+    p.add_argument("--scenarios", default=None, help="full, quick, short, cpu, or comma-separated scenario names")
     p.add_argument("--quick", action="store_true", help="fewer scenarios and rounds")
     p.add_argument("--calls", type=int, default=50, help="calls per amortised measurement (distinct K/V buffers)")
     p.add_argument("--rounds", type=int, default=None, help="per-call rounds (default 30, quick 10)")
