@@ -133,11 +133,12 @@ SETS = {
         _prefill(QWEN14, 2048),
     ),
     # The evaluator's short calls, where the candidate trails MLX most per call (hooks/gqa_mlx.py on
-    # the H100: 0.51x at 129 keys x 8, 0.70x at 128, 0.79-0.89x for the short prompts).
+    # the H100: 0.51x at 129 keys x 8, 0.70x at 128, 0.64x in float32, 0.79-0.89x for the short prompts).
     "short": (
         _decode(QWEN06, 128),
         _decode(QWEN06, 129, batch=8, dtype="bfloat16"),
         _decode(QWEN14, 1000),
+        _decode(QWEN06, 1023, dtype="float32"),  # the vector kernel: DOT="mma" decodes 16-bit types only
         _prefill(QWEN06, 37, batch=4, dtype="bfloat16"),
         Scenario("prefill-40:8-61-after-450", 1, 40, 8, 61, 511),
         _prefill(QWEN06, 512),
