@@ -505,6 +505,35 @@ __device__ __forceinline__ float gqa_exp2(float x) {
   return y;
 }
 
+// One online-softmax step for a lane's two rows of m16n8 accumulator tiles (elements 0, 1 of each
+// tile in row r0, 2, 3 in row r1): `p` holds their scores in log2 units, top0 / top1 this lane's
+// maxima of them and of the running maxima m0 / m1. The rows' maxima are gathered from the 4 lanes
+// of their quad, the running maxima and sums updated, the scores turned into weights, and c0 / c1
+// set to how much O must be rescaled. `exp2` is exp2f, or gqa_exp2 where no range fix-up is needed.
+template <int N, typename Exp2>
+__device__ __forceinline__ void gqa_softmax_rows(float (&p)[N][4], float top0, float top1, float& m0, float& m1,
+                                                 float& l0, float& l1, float& c0, float& c1, Exp2 exp2) {
+  top0 = fmaxf(top0, __shfl_xor_sync(0xffffffffu, top0, 1));
+  top0 = fmaxf(top0, __shfl_xor_sync(0xffffffffu, top0, 2));
+  top1 = fmaxf(top1, __shfl_xor_sync(0xffffffffu, top1, 1));
+  top1 = fmaxf(top1, __shfl_xor_sync(0xffffffffu, top1, 2));
+  c0 = exp2(m0 - top0);
+  c1 = exp2(m1 - top1);
+  m0 = top0;
+  m1 = top1;
+  l0 *= c0;
+  l1 *= c1;
+#pragma unroll
+  for (int nt = 0; nt < N; ++nt) {
+    p[nt][0] = exp2(p[nt][0] - m0);
+    p[nt][1] = exp2(p[nt][1] - m0);
+    p[nt][2] = exp2(p[nt][2] - m1);
+    p[nt][3] = exp2(p[nt][3] - m1);
+    l0 += p[nt][0] + p[nt][1];
+    l1 += p[nt][2] + p[nt][3];
+  }
+}
+
 // Four packed pairs from 16 bytes of shared memory.
 template <typename T>
 __device__ __forceinline__ void gqa_lds128(const T* p, uint32_t (&w)[4]) {
@@ -990,27 +1019,10 @@ MMA_SOURCE = r"""
           s[nt][e] = ok ? s[nt][e] * sl2 : NEG_INF;
           if (e < 2) top0 = fmaxf(top0, s[nt][e]); else top1 = fmaxf(top1, s[nt][e]);
         }
-      // A row's scores sit in the 4 lanes of a quad.
-      top0 = fmaxf(top0, __shfl_xor_sync(0xffffffffu, top0, 1));
-      top0 = fmaxf(top0, __shfl_xor_sync(0xffffffffu, top0, 2));
-      top1 = fmaxf(top1, __shfl_xor_sync(0xffffffffu, top1, 1));
-      top1 = fmaxf(top1, __shfl_xor_sync(0xffffffffu, top1, 2));
-      const float c0 = exp2f(m0 - top0), c1 = exp2f(m1 - top1);
-      m0 = top0;
-      m1 = top1;
-      l0 *= c0;
-      l1 *= c1;
+      float c0, c1;
+      gqa_softmax_rows(s, top0, top1, m0, m1, l0, l1, c0, c1, [](float x) { return exp2f(x); });
 #pragma unroll
       for (int i = 0; i < D / 8; ++i) { o[i][0] *= c0; o[i][1] *= c0; o[i][2] *= c1; o[i][3] *= c1; }
-#pragma unroll
-      for (int nt = 0; nt < SK / 8; ++nt) {
-        s[nt][0] = exp2f(s[nt][0] - m0);
-        s[nt][1] = exp2f(s[nt][1] - m0);
-        s[nt][2] = exp2f(s[nt][2] - m1);
-        s[nt][3] = exp2f(s[nt][3] - m1);
-        l0 += s[nt][0] + s[nt][1];
-        l1 += s[nt][2] + s[nt][3];
-      }
       // O += P V: the score tiles of keys 16kk..16kk+15 are the A fragment of step kk; ldmatrix.trans
       // hands each lane V at keys 2t, 2t+1 (and +8) of dim 8 j + g, the B operand of column tile j.
 #pragma unroll
@@ -1223,26 +1235,7 @@ WGMMA_SOURCE = r"""
         }
     };
     if (k0 + BK > Lk || (CAUSAL && k0 + BK - 1 > wg_row0 + Lk - Lq)) scores(gqa_int<1>()); else scores(gqa_int<0>());
-    // A row's scores sit in the 4 lanes of a quad.
-    top0 = fmaxf(top0, __shfl_xor_sync(0xffffffffu, top0, 1));
-    top0 = fmaxf(top0, __shfl_xor_sync(0xffffffffu, top0, 2));
-    top1 = fmaxf(top1, __shfl_xor_sync(0xffffffffu, top1, 1));
-    top1 = fmaxf(top1, __shfl_xor_sync(0xffffffffu, top1, 2));
-    c0 = gqa_exp2(m0 - top0);
-    c1 = gqa_exp2(m1 - top1);
-    m0 = top0;
-    m1 = top1;
-    l0 *= c0;
-    l1 *= c1;
-#pragma unroll
-    for (int nt = 0; nt < BK / 8; ++nt) {
-      p[nt][0] = gqa_exp2(p[nt][0] - m0);
-      p[nt][1] = gqa_exp2(p[nt][1] - m0);
-      p[nt][2] = gqa_exp2(p[nt][2] - m1);
-      p[nt][3] = gqa_exp2(p[nt][3] - m1);
-      l0 += p[nt][0] + p[nt][1];
-      l1 += p[nt][2] + p[nt][3];
-    }
+    gqa_softmax_rows(p, top0, top1, m0, m1, l0, l1, c0, c1, gqa_exp2);
   };
   // P as the A operand of O += P V: score tiles 2kk and 2kk + 1 are step kk's registers.
   auto pack = [&](const float (&p)[BK / 8][4]) {
