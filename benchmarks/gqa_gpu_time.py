@@ -120,7 +120,8 @@ def profile_calls(contenders: dict, scenarios: list, calls: int) -> list[dict]:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     bench.add_candidate_arguments(p)
-    p.add_argument("--scenarios", default=DEFAULT_SCENARIOS, help="comma-separated gqa_kernels.py scenario names")
+    p.add_argument("--scenarios", default=DEFAULT_SCENARIOS,
+                   help="a gqa_kernels.py scenario set (full, quick, short, cpu) or comma-separated scenario names")
     p.add_argument("--calls", type=int, default=24, help="calls per contender and scenario")
     p.add_argument("--variant", action="append", default=[], metavar="LABEL:NAME=VALUE[,NAME=VALUE]",
                    help="also time the candidate with these tunables changed (on top of --set), as LABEL")
@@ -130,11 +131,7 @@ def main(argv=None) -> int:
 
     if bench.torch is None:
         raise SystemExit("gqa_gpu_time.py needs PyTorch with CUDA: its profiler reads the kernels' times from CUPTI")
-    known = {s.name: s for group in bench.SETS.values() for s in group}
-    unknown = [n for n in args.scenarios.split(",") if n not in known]
-    if unknown:
-        raise SystemExit(f"unknown scenario {unknown[0]!r}; gqa_kernels.py's are: {', '.join(sorted(known))}")
-    scenarios = [known[n] for n in args.scenarios.split(",")]
+    scenarios = bench.scenarios_named(args.scenarios)
     module, where = bench.candidate_from_arguments(args)
     contenders = {"candidate": module.gqa_attention}
     for label, settings in variants.items():

@@ -689,6 +689,18 @@ def _diff(settings: dict, initial: dict) -> str:
 # ---------------------------------------------------------------------------------------------
 
 
+def scenarios_named(spec: str) -> tuple:
+    """The scenarios `spec` names: one of SETS, or comma-separated scenario names from them."""
+    if spec in SETS:
+        return SETS[spec]
+    known = {s.name: s for group in SETS.values() for s in group}
+    unknown = [n for n in spec.split(",") if n not in known]
+    if unknown:
+        raise SystemExit(f"unknown scenario {unknown[0]!r}; the sets are {', '.join(SETS)}, "
+                         f"the scenarios: {', '.join(sorted(known))}")
+    return tuple(known[n] for n in spec.split(","))
+
+
 def add_candidate_arguments(p: argparse.ArgumentParser) -> None:
     """--kernel, --file, --set and --settings-from: which candidate, under which setting."""
     p.add_argument("--kernel", required=True, help="a candidate attention.py, or a commit-ish holding one")
@@ -744,12 +756,7 @@ def main(argv=None) -> int:
             return 0
     report["settings"] = current_settings(module)
 
-    spec = args.scenarios or ("cpu" if cpu else "quick" if args.quick else "full")
-    if spec in SETS:
-        scenarios = SETS[spec]
-    else:
-        known = {s.name: s for group in SETS.values() for s in group}
-        scenarios = tuple(known[n] for n in spec.split(","))
+    scenarios = scenarios_named(args.scenarios or ("cpu" if cpu else "quick" if args.quick else "full"))
     rounds = args.rounds or (10 if args.quick or cpu else 30)
     amortised_rounds = 3 if args.quick or cpu else 7
     calls = min(args.calls, 8) if cpu else args.calls

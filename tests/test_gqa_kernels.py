@@ -341,6 +341,14 @@ def test_bench_inputs_view_a_longer_cache_like_mlx_lm(bench):
     assert s.kv_bytes == 2 * 2 * 250 * 64 * 2
 
 
+def test_bench_scenarios_are_named_by_set_or_one_by_one_and_a_wrong_name_says_which(bench):
+    assert bench.scenarios_named("short") == bench.SETS["short"]
+    picked = bench.scenarios_named("decode-16:8-128,prefill-40:8-2048")
+    assert [s.name for s in picked] == ["decode-16:8-128", "prefill-40:8-2048"]
+    with pytest.raises(SystemExit, match="unknown scenario 'decode-40:8-7'; the sets are full, quick, short, cpu"):
+        bench.scenarios_named("decode-16:8-128,decode-40:8-7")
+
+
 def test_bench_check_passes_a_right_candidate_and_fails_a_wrong_one(bench):
     module, _ = bench.load_candidate(str(MLX_EXAMPLE))
     s = bench.Scenario("c", 1, 8, 2, 5, 40, "float16", head_dim=32)
