@@ -189,18 +189,41 @@ def test_cuda_plans_are_keyed_by_every_tunable_and_shared_across_cache_lengths()
     change with the KV cache length alone (decode would plan again on every token)."""
     module = _load(CUDA_EXAMPLE)
     _assert_every_tunable_is_in_the_plan_key(module, CUDA_EXAMPLE)
-    module.DOT, module.THREADS, module.SPLIT_BLOCKS, module.MIN_SPLIT_KEYS = "mma", 128, 132, 128
+    module.DOT, module.THREADS, module.SPLIT_BLOCKS, module.MMA_MIN_SPLIT_KEYS = "mma", 128, 132, 128
     q = mx.zeros((1, 40, 1, 128), dtype=mx.float16)
     # What the calls would launch, neither made (no CUDA here) nor launched.
     module._kernel = lambda name, template, shared_memory=0: (name, dict(template))
     module._launch = lambda launch, *inputs: launch
     planned = [module._attention(q, mx.zeros((1, 8, n, 128), dtype=mx.float16), q, 0.1, False)
-               for n in (130_000, 140_001, 1000)]  # the first two past MAX_SPLITS * MIN_SPLIT_KEYS keys
+               for n in (130_000, 140_001, 1000)]  # the first two past MAX_SPLITS * MMA_MIN_SPLIT_KEYS keys
     assert len(module._plans) == 2 and planned[0] is planned[1]
     assert planned[0].stage.kernel == ("decode_mma", dict(T=mx.float16, D=128, G=5, THREADS=128, STAGES=2, ATOMIC=False,
                                                     MAX_SPLITS=256))
     assert planned[0].stage.grid == (16 * 128, 8, 1)  # 16 splits: 128 blocks, within SPLIT_BLOCKS
     assert planned[2].stage.grid[0] < planned[0].stage.grid[0]  # 1000 keys: fewer splits
+
+
+def test_cuda_decode_kernels_split_by_their_own_minimum_and_plans_follow_both():
+    """The tensor-core decode splits by MMA_MIN_SPLIT_KEYS and the vector kernel (float32 decode
+    under DOT="mma") by MIN_SPLIT_KEYS: on the H200 their best values were 1024 and 64. Two float32
+    calls whose vector split counts differ must not share a plan, even where the tensor-core
+    decode's would be the same."""
+    module = _load(CUDA_EXAMPLE)
+    module.DOT, module.THREADS, module.SPLIT_BLOCKS = "mma", 256, 132
+    module.MMA_MIN_SPLIT_KEYS, module.MIN_SPLIT_KEYS = 1024, 64
+    module._kernel = lambda name, template, shared_memory=0: (name, dict(template))
+    module._launch = lambda launch, *inputs: launch
+
+    def planned(dtype, keys):
+        q = mx.zeros((1, 16, 1, 128), dtype=dtype)
+        return module._attention(q, mx.zeros((1, 8, keys, 128), dtype=dtype), q, 0.1, True).stage
+
+    half = planned(mx.float16, 1023)
+    assert half.kernel[0] == "decode_mma" and half.grid == (256, 8, 1)  # fewer than 1024 keys: one split
+    single = planned(mx.float32, 1023)
+    assert single.kernel[0] == "vector" and single.grid == (8 * 256, 16, 1)  # 16 rows: 8 splits of 127 keys
+    assert planned(mx.float32, 2000).grid == (8 * 256, 16, 1)
+    assert planned(mx.float32, 300).grid == (4 * 256, 16, 1) != single.grid  # 4 splits of 75: planned anew
 
 
 def test_cuda_wgmma_prefill_is_planned_on_hopper_only_and_two_blocks_fit_an_sm():
@@ -441,14 +464,16 @@ CUDA_SETTINGS = {
                         SPLIT_BLOCKS=1056, MIN_SPLIT_KEYS=32, COMBINE="atomic"),
     "two-pass-per-head": dict(THREADS=256, KEY_LANES=32, VEC=2, SHARE_KV=False, ONLINE_SOFTMAX=False, UNROLL=8,
                               SPLIT_BLOCKS=264, MIN_SPLIT_KEYS=128, COMBINE="atomic"),
-    "mma-decode": dict(THREADS=128, DOT="mma", SPLIT_BLOCKS=528, MIN_SPLIT_KEYS=64, COMBINE="atomic", PREFILL="mma"),
-    "mma-decode-kernel-merge": dict(THREADS=64, DOT="mma", SPLIT_BLOCKS=1056, MIN_SPLIT_KEYS=32, COMBINE="kernel"),
+    "mma-decode": dict(THREADS=128, DOT="mma", SPLIT_BLOCKS=528, MMA_MIN_SPLIT_KEYS=64, MIN_SPLIT_KEYS=64,
+                       COMBINE="atomic", PREFILL="mma"),
+    "mma-decode-kernel-merge": dict(THREADS=64, DOT="mma", SPLIT_BLOCKS=1056, MMA_MIN_SPLIT_KEYS=32, MIN_SPLIT_KEYS=32,
+                                    COMBINE="kernel"),
     "mma-decode-one-split": dict(THREADS=256, DOT="mma", SPLIT_BLOCKS=0),
     "sweep-pick": dict(THREADS=256, DOT="mma", SPLIT_BLOCKS=132, MIN_SPLIT_KEYS=1024, COMBINE="atomic",
                        PREFILL="wgmma", WGMMA_GROUPS=2),
-    "wgmma-prefill": dict(THREADS=256, DOT="mma", SPLIT_BLOCKS=132, MIN_SPLIT_KEYS=1024, COMBINE="atomic",
+    "wgmma-prefill": dict(THREADS=256, DOT="mma", SPLIT_BLOCKS=132, MMA_MIN_SPLIT_KEYS=1024, COMBINE="atomic",
                           PREFILL="wgmma"),
-    "wgmma-prefill-pipe": dict(THREADS=256, DOT="mma", SPLIT_BLOCKS=132, MIN_SPLIT_KEYS=1024, COMBINE="atomic",
+    "wgmma-prefill-pipe": dict(THREADS=256, DOT="mma", SPLIT_BLOCKS=132, MMA_MIN_SPLIT_KEYS=1024, COMBINE="atomic",
                                PREFILL="wgmma", WGMMA_GROUPS=2, WGMMA_PIPELINE=True),
     "scalar-lanes": dict(THREADS=32, KEY_LANES=1, VEC=1, SHARE_KV=True, ONLINE_SOFTMAX=True, UNROLL=1,
                          SPLIT_BLOCKS=132, MIN_SPLIT_KEYS=256, COMBINE="kernel"),

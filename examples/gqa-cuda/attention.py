@@ -58,9 +58,14 @@ DOT = "lanes"  # gitevolve: choices=["lanes", "keys", "mma"]
 # DOT = "mma": 16-key tiles each warp has in its shared-memory ring (STAGES - 1 are in flight while
 # it computes one); capped so that the ring fits in shared memory.
 STAGES = 2  # gitevolve: choices=[2, 3, 4, 6]
+# DOT = "mma": the fewest keys a split of the tensor-core decode holds. Its own, not MIN_SPLIT_KEYS:
+# the two kernels' best values differ (1024 for this one, 64 for the vector kernel's float32
+# decode, on the H200), and the vector kernel still serves float32 and long groups.
+MMA_MIN_SPLIT_KEYS = 256  # gitevolve: choices=[32, 64, 128, 256, 512, 1024]
 
 # Split the keys (flash-decoding) into as many parts as keep the blocks within this many; 0 never
-# splits. A split holds at least MIN_SPLIT_KEYS keys, and there are at most 256 splits.
+# splits. A split of the vector kernel holds at least MIN_SPLIT_KEYS keys (the tensor-core decode's,
+# MMA_MIN_SPLIT_KEYS), and there are at most 256 splits.
 SPLIT_BLOCKS = 0  # gitevolve: choices=[0, 132, 264, 528, 1056, 2112]
 MIN_SPLIT_KEYS = 256  # gitevolve: choices=[32, 64, 128, 256, 512, 1024]
 
@@ -1373,21 +1378,21 @@ def layout(batch, query_heads, kv_heads, query_len, key_len, head_dim):
     else:
         lanes = _pow2_divisor(min(KEY_LANES, THREADS, 32), head_dim)
         vec = _pow2_divisor(VEC, head_dim // lanes)
-    return heads, lanes, vec, THREADS, _splits(batch * (query_heads // heads) * query_len, key_len), keys
+    return heads, lanes, vec, THREADS, _splits(batch * (query_heads // heads) * query_len, key_len, MIN_SPLIT_KEYS), keys
 
 
-def _splits(blocks, key_len):
+def _splits(blocks, key_len, min_keys):
     """Split the keys (flash-decoding) into as many parts as keep the blocks within SPLIT_BLOCKS.
     Rounding up instead put 136 blocks on the H100's 132 SMs for 8 KV heads: four SMs then ran
     two blocks one after the other, and the whole launch waited for them."""
     if not SPLIT_BLOCKS or blocks >= SPLIT_BLOCKS:
         return 1
-    return min(SPLIT_BLOCKS // blocks, _length_splits(key_len))
+    return min(SPLIT_BLOCKS // blocks, _length_splits(key_len, min_keys))
 
 
-def _length_splits(key_len):
+def _length_splits(key_len, min_keys):
     """The most splits `key_len` keys allow: all that a split count learns of the key length."""
-    return min(max(1, key_len // MIN_SPLIT_KEYS), MAX_SPLITS)
+    return min(max(1, key_len // min_keys), MAX_SPLITS)
 
 
 class _Counters:
@@ -1517,7 +1522,7 @@ def decode_mma_stages(threads, head_dim, itemsize, group):
 def _plan_decode_mma(queries, keys, values, scale):
     B, Hq, _, D = queries.shape
     Hkv, Lk = keys.shape[1], keys.shape[2]
-    splits = _splits(B * Hkv, Lk)
+    splits = _splits(B * Hkv, Lk, MMA_MIN_SPLIT_KEYS)
     atomic = splits > 1 and COMBINE == "atomic"
     merged = splits == 1 or atomic
     stages, ring = decode_mma_stages(THREADS, D, queries.itemsize, Hq // Hkv)
@@ -1583,19 +1588,21 @@ def _launch(launch, queries, keys, values):
 def tunables():
     """Every module-level setting a plan reads. A setting missing here would let a call reuse a
     launch planned under another value."""
-    return (THREADS, KEY_LANES, VEC, SHARE_KV, ONLINE_SOFTMAX, UNROLL, DOT, STAGES, SPLIT_BLOCKS, MIN_SPLIT_KEYS,
-            COMBINE, PREFILL, WGMMA_GROUPS, WGMMA_PIPELINE, MAX_SPLITS, COMBINE_THREADS, RING_BYTES)
+    return (THREADS, KEY_LANES, VEC, SHARE_KV, ONLINE_SOFTMAX, UNROLL, DOT, STAGES, MMA_MIN_SPLIT_KEYS, SPLIT_BLOCKS,
+            MIN_SPLIT_KEYS, COMBINE, PREFILL, WGMMA_GROUPS, WGMMA_PIPELINE, MAX_SPLITS, COMBINE_THREADS, RING_BYTES)
 
 
 _plans = {}
 
 
 def _attention(queries, keys, values, scale, causal):
-    # The key length enters a plan only through the split count (see _splits): decode against a
-    # growing KV cache reuses one plan for every step.
+    # The key length enters a plan only through the split counts (see _splits), the vector
+    # kernel's and the tensor-core decode's: decode against a growing KV cache reuses one plan for
+    # every step.
     kshape = keys.shape
-    key = (queries.shape, kshape[0], kshape[1], kshape[3], _length_splits(kshape[2]),
-           queries.dtype, keys.dtype, values.dtype, scale, causal, tunables())
+    key = (queries.shape, kshape[0], kshape[1], kshape[3], _length_splits(kshape[2], MIN_SPLIT_KEYS),
+           _length_splits(kshape[2], MMA_MIN_SPLIT_KEYS), queries.dtype, keys.dtype, values.dtype, scale, causal,
+           tunables())
     launch = _plans.get(key)
     if launch is None:
         launch = _plans[key] = plan(queries, keys, values, scale, causal)
