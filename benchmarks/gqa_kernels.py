@@ -24,7 +24,8 @@ and the interquartile spread are reported. It also measures the device's copy an
 read, over its amortised time), and checks every scenario's output against the float32 reference
 on fresh inputs, computed on the CPU stream (on a CUDA GPU, MLX's float32 matmuls run as TF32,
 ~2e-3 off in float32). --sweep first walks the candidate's tunables (coordinate descent on time per
-call and amortised: the decode tunables on decode scenarios, then the prefill ones on prefill
+call and amortised, in phases: the decode tunables on decode scenarios, the vector kernel's own
+on float32 decode once the tensor cores decode 16-bit types, then the prefill ones on prefill
 scenarios; each setting is checked for correctness, then timed interleaved with the best setting
 so far and kept only if at least 3% faster in two races) and then benchmarks the best setting found.
 """
@@ -44,6 +45,7 @@ import time
 import traceback
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Callable
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -156,13 +158,25 @@ SWEEP_TIMED = (
     _decode(QWEN14, 512), _decode(QWEN14, 2048), _decode(QWEN14, 8192), _decode(QWEN14, 32768),
     _decode(QWEN06, 32768),
 )
-# Every setting of the sweep must be right on these first (splits, bf16, causal prefill after a cache).
+# Every setting of the sweep must be right on these first (splits, bf16, float32, causal prefill
+# after a cache).
 SWEEP_CHECKED = (
     Scenario("check-decode-40:8-1000", 1, 40, 8, 1, 1000),
     Scenario("check-decode-16:8-777-b2", 2, 16, 8, 1, 777),
+    Scenario("check-decode-16:8-1023-fp32", 1, 16, 8, 1, 1023, "float32"),
     Scenario("check-prefill-40:8-37-after-63", 1, 40, 8, 37, 100),
 )
 SWEEP_CPU_TIMED = (_decode(QWEN14, 300), _decode(QWEN06, 600))
+# Tunables that shape only the vector kernel. Once DOT="mma" wins, that kernel serves only what the
+# tensor cores cannot (float32, groups of more than 16 heads), 16-bit decode time can no longer tell
+# their choices apart, and they would stay at the file's plain values: 0.64x MLX per call on the
+# evaluator's float32 decode, on the H100 and the H200. So the sweep tunes them in a phase of their
+# own, on float32 decode time. Kept in the first phase's objective instead, a split minimum that
+# halved the float32 decode's GPU time (71 to 37 us on the H200) moved the geometric mean over six
+# scenarios by 3%, within the noise, and lost its second race.
+VECTOR_TUNABLES = ("KEY_LANES", "VEC", "SHARE_KV", "ONLINE_SOFTMAX", "UNROLL", "MIN_SPLIT_KEYS")
+SWEEP_FLOAT32_TIMED = (_decode(QWEN06, 1024, dtype="float32"), _decode(QWEN14, 8192, dtype="float32"))
+SWEEP_CPU_FLOAT32_TIMED = (_decode(QWEN06, 300, dtype="float32"),)
 # Tunables that choose or shape only the prefill kernel (Lq > 1). The sweep tunes them in a second
 # phase, on prefill time: decode time cannot tell their choices apart, so on decode alone they
 # would keep whatever value the file starts with (the plain prefill: 24x slower than "mma" at 2048
@@ -536,8 +550,8 @@ def table(results: list[dict], bw: dict) -> str:
 
 
 # ---------------------------------------------------------------------------------------------
-# Sweep: coordinate descent over the Python tunables, on the time per call and amortised: first the
-# decode tunables on decode scenarios, then the prefill tunables on prefill scenarios
+# Sweep: coordinate descent over the Python tunables, on the time per call and amortised, in phases
+# (sweep_in_phases): each phase tunes some tunables on the scenarios that tell their choices apart
 
 # A trial replaces the incumbent only when the geometric mean of its time ratios to it, measured
 # interleaved, is below this in two races one after the other.
@@ -645,23 +659,40 @@ def sweep(module, calls: int, rounds: int, budget_s: float, timed=SWEEP_TIMED, c
             "margin": SWEEP_MARGIN, "tried": history, "initial_entry": history[0]}
 
 
-def sweep_decode_then_prefill(module, calls: int, rounds: int, budget_s: float, cpu: bool, start: dict,
-                              log=print) -> dict:
-    """The sweep in two phases, each with `budget_s`: the decode tunables on decode time, then the
-    prefill tunables (PREFILL_TUNABLES that the candidate has) on prefill time, from the first
-    phase's best. "best" is the setting both found."""
+@dataclass(frozen=True)
+class Phase:
+    """One phase of the sweep: which tunables it may change, and the scenarios it times them on."""
+    name: str
+    tunables: set
+    timed: tuple
+    checked: tuple
+    needs: Callable[[dict], bool] = lambda best: True  # whether it runs, given the best setting so far
+
+
+def sweep_in_phases(module, calls: int, rounds: int, budget_s: float, cpu: bool, start: dict, log=print) -> dict:
+    """The sweep in phases, each with `budget_s` and each from the best setting found before it:
+      decode          every tunable but the prefill ones, on 16-bit decode time;
+      float32_decode  the vector kernel's own tunables (VECTOR_TUNABLES) on float32 decode time,
+                      when the first phase chose DOT="mma" (otherwise it timed that kernel already);
+      prefill         PREFILL_TUNABLES on prefill time.
+    A phase runs only for the tunables the candidate has. "best" is the setting they found together."""
     names = set(tunables(module))
-    log("sweep, decode tunables on decode time")
-    decode = sweep(module, calls, rounds, budget_s, timed=SWEEP_CPU_TIMED if cpu else SWEEP_TIMED, start=start,
-                   log=log, names=names - set(PREFILL_TUNABLES))
-    result = {"best": decode["best"], "decode": decode}
-    if names & set(PREFILL_TUNABLES):
-        log("sweep, prefill tunables on prefill time")
-        prefill = sweep(module, calls, rounds, budget_s, timed=SWEEP_CPU_PREFILL_TIMED if cpu else SWEEP_PREFILL_TIMED,
-                        checked=SWEEP_PREFILL_CHECKED, start=decode["best"], log=log,
-                        names=names & set(PREFILL_TUNABLES))
-        result.update(best=prefill["best"], prefill=prefill)
-    return result
+    phases = (
+        Phase("decode", names - set(PREFILL_TUNABLES), SWEEP_CPU_TIMED if cpu else SWEEP_TIMED, SWEEP_CHECKED),
+        Phase("float32_decode", names & set(VECTOR_TUNABLES), SWEEP_CPU_FLOAT32_TIMED if cpu else SWEEP_FLOAT32_TIMED,
+              SWEEP_CHECKED, needs=lambda best: best.get("DOT") == "mma"),
+        Phase("prefill", names & set(PREFILL_TUNABLES), SWEEP_CPU_PREFILL_TIMED if cpu else SWEEP_PREFILL_TIMED,
+              SWEEP_PREFILL_CHECKED),
+    )
+    result, best = {}, start
+    for phase in phases:
+        if not phase.tunables or not phase.needs(best):
+            continue
+        log(f"sweep, {phase.name} phase: {', '.join(sorted(phase.tunables))}")
+        result[phase.name] = sweep(module, calls, rounds, budget_s, timed=phase.timed, checked=phase.checked,
+                                   start=best, log=log, names=phase.tunables)
+        best = result[phase.name]["best"]
+    return {"best": best, **result}
 
 
 def _per_call_rounds(rounds: int) -> int:
@@ -746,7 +777,7 @@ def main(argv=None) -> int:
     print(f"candidate: {where}   device: {report['versions'].get('gpu') or report['versions']['device']}", flush=True)
 
     if args.sweep or args.sweep_only:
-        report["sweep"] = sweep_decode_then_prefill(
+        report["sweep"] = sweep_in_phases(
             module, min(args.calls, 8) if cpu else args.calls, 2 if cpu else 3, args.sweep_budget, cpu,
             start={**current_settings(module), **parse_set(args.start)}, log=lambda m: print(m, flush=True))
         print("best setting: " + json.dumps(report["sweep"]["best"]), flush=True)

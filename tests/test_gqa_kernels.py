@@ -427,7 +427,7 @@ def test_bench_sweep_keeps_a_setting_only_when_it_beats_the_best_side_by_side(be
 
 def test_bench_sweep_tunes_the_prefill_tunables_on_prefill_time(bench, tmp_path):
     """Decode time cannot tell a prefill kernel's choices apart, so the sweep tunes PREFILL in a
-    second phase on prefill scenarios. Here the MLX example gains a PREFILL whose "slow" choice
+    phase of its own on prefill scenarios. Here the MLX example gains a PREFILL whose "slow" choice
     adds a large matmul to every prefill call and leaves decode alone: the decode phase must not
     touch it, and the prefill phase must find "fast"."""
     text = MLX_EXAMPLE.read_text()
@@ -445,7 +445,34 @@ def test_bench_sweep_tunes_the_prefill_tunables_on_prefill_time(bench, tmp_path)
     assert all(t["settings"]["PREFILL"] == "slow" for t in result["decode"]["tried"])
     assert {k for t in result["prefill"]["tried"] for k, v in t["settings"].items()
             if v != result["decode"]["best"][k]} == {"PREFILL"}
+    assert "float32_decode" not in result  # the MLX example has no DOT: no tensor cores leave float32 behind
     assert result["best"] == {**result["decode"]["best"], "PREFILL": "fast"}
+
+
+def test_bench_sweep_tunes_the_vector_kernel_on_float32_decode_once_the_tensor_cores_decode(bench, tmp_path):
+    """With DOT="mma", 16-bit decode never reaches the vector kernel, so its tunables are tuned on
+    float32 decode in a phase of their own. Here the MLX example gains DOT (its "keys" choice slows
+    every decode, so the first phase keeps "mma") and SHARE_KV, whose False slows only float32
+    decode calls: the float32 phase must change only vector tunables, and find SHARE_KV=True."""
+    slow = "        q = q + 0 * mx.sum(mx.ones((384, 384)) @ mx.ones((384, 384)))\n"
+    text = MLX_EXAMPLE.read_text()
+    text = text.replace('SOFTMAX = "manual"', 'DOT = "mma"  # gitevolve: choices=["mma", "keys"]\n'
+                        'SHARE_KV = False  # gitevolve: choices=[False, True]\nSOFTMAX = "manual"', 1)
+    text = text.replace("    q, k, v = queries.astype(dtype), keys.astype(dtype), values.astype(dtype)\n",
+                        "    q, k, v = queries.astype(dtype), keys.astype(dtype), values.astype(dtype)\n"
+                        "    if query_len == 1 and (DOT == \"keys\" or not SHARE_KV and queries.dtype == mx.float32):\n"
+                        + slow, 1)
+    assert text.count("SHARE_KV") == 2
+    candidate = tmp_path / "attention.py"
+    candidate.write_text(text)
+    out = tmp_path / "sweep.json"
+    assert bench.main(["--kernel", str(candidate), "--sweep-only", "--sweep-budget", "3", "--json", str(out)]) == 0
+    result = json.loads(out.read_text())["sweep"]
+    assert result["decode"]["best"]["DOT"] == "mma"
+    phase = result["float32_decode"]
+    assert {k for t in phase["tried"] for k, v in t["settings"].items()
+            if v != result["decode"]["best"][k]} <= set(bench.VECTOR_TUNABLES)
+    assert phase["best"]["SHARE_KV"] is True and result["best"]["SHARE_KV"] is True
 
 
 # ---------------------------------------------------------------------------------------------
