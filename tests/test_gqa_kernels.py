@@ -479,7 +479,7 @@ def test_bench_sweep_tunes_the_vector_kernel_on_float32_decode_once_the_tensor_c
 # On the GPUs
 
 
-# The tunables' own defaults (the plain starting point), the fastest found on the H100, and
+# The tunables' own defaults (the plain starting point), the fastest found on the H100 and H200, and
 # settings that take each other code path: the second merge kernel, two passes, one head per block.
 CUDA_SETTINGS = {
     "initial": {},
@@ -496,8 +496,8 @@ CUDA_SETTINGS = {
     "mma-decode-kernel-merge": dict(THREADS=64, DOT="mma", SPLIT_BLOCKS=1056, MMA_MIN_SPLIT_KEYS=32, MIN_SPLIT_KEYS=32,
                                     COMBINE="kernel"),
     "mma-decode-one-split": dict(THREADS=256, DOT="mma", SPLIT_BLOCKS=0),
-    "sweep-pick": dict(THREADS=256, DOT="mma", SPLIT_BLOCKS=132, MIN_SPLIT_KEYS=1024, COMBINE="atomic",
-                       PREFILL="wgmma", WGMMA_GROUPS=2),
+    "sweep-pick": dict(THREADS=256, DOT="mma", SPLIT_BLOCKS=132, MMA_MIN_SPLIT_KEYS=1024, COMBINE="atomic",
+                       PREFILL="wgmma", WGMMA_GROUPS=2, SHARE_KV=True, MIN_SPLIT_KEYS=128, UNROLL=8),  # on the H200
     "wgmma-prefill": dict(THREADS=256, DOT="mma", SPLIT_BLOCKS=132, MMA_MIN_SPLIT_KEYS=1024, COMBINE="atomic",
                           PREFILL="wgmma"),
     "wgmma-prefill-pipe": dict(THREADS=256, DOT="mma", SPLIT_BLOCKS=132, MMA_MIN_SPLIT_KEYS=1024, COMBINE="atomic",
