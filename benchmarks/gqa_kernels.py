@@ -177,8 +177,8 @@ SWEEP_CPU_TIMED = (_decode(QWEN14, 300), _decode(QWEN06, 600))
 VECTOR_TUNABLES = ("KEY_LANES", "VEC", "SHARE_KV", "ONLINE_SOFTMAX", "UNROLL", "MIN_SPLIT_KEYS")
 SWEEP_FLOAT32_TIMED = (_decode(QWEN06, 1024, dtype="float32"), _decode(QWEN14, 8192, dtype="float32"))
 SWEEP_CPU_FLOAT32_TIMED = (_decode(QWEN06, 300, dtype="float32"),)
-# Tunables that choose or shape only the prefill kernel (Lq > 1). The sweep tunes them in a second
-# phase, on prefill time: decode time cannot tell their choices apart, so on decode alone they
+# Tunables that choose or shape only the prefill kernel (Lq > 1). The sweep tunes them in a phase
+# of their own, on prefill time: decode time cannot tell their choices apart, so on decode alone they
 # would keep whatever value the file starts with (the plain prefill: 24x slower than "mma" at 2048
 # tokens on the H100).
 PREFILL_TUNABLES = ("PREFILL", "WGMMA_GROUPS", "WGMMA_PIPELINE")

@@ -59,8 +59,8 @@ DOT = "lanes"  # gitevolve: choices=["lanes", "keys", "mma"]
 # it computes one); capped so that the ring fits in shared memory.
 STAGES = 2  # gitevolve: choices=[2, 3, 4, 6]
 # DOT = "mma": the fewest keys a split of the tensor-core decode holds. Its own, not MIN_SPLIT_KEYS:
-# the two kernels' best values differ (1024 for this one, 64 for the vector kernel's float32
-# decode, on the H200), and the vector kernel still serves float32 and long groups.
+# the two kernels' best values differ (on the H200, 1024 for this one and 128 for the vector
+# kernel, which still serves float32 and groups of more than 16 heads).
 MMA_MIN_SPLIT_KEYS = 256  # gitevolve: choices=[32, 64, 128, 256, 512, 1024]
 
 # Split the keys (flash-decoding) into as many parts as keep the blocks within this many; 0 never
@@ -1378,7 +1378,8 @@ def layout(batch, query_heads, kv_heads, query_len, key_len, head_dim):
     else:
         lanes = _pow2_divisor(min(KEY_LANES, THREADS, 32), head_dim)
         vec = _pow2_divisor(VEC, head_dim // lanes)
-    return heads, lanes, vec, THREADS, _splits(batch * (query_heads // heads) * query_len, key_len, MIN_SPLIT_KEYS), keys
+    splits = _splits(batch * (query_heads // heads) * query_len, key_len, MIN_SPLIT_KEYS)
+    return heads, lanes, vec, THREADS, splits, keys
 
 
 def _splits(blocks, key_len, min_keys):
