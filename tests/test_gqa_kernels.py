@@ -425,23 +425,30 @@ def test_bench_sweep_keeps_a_setting_only_when_it_beats_the_best_side_by_side(be
     assert bench.current_settings(module) == result["best"]
 
 
+def _sweep_mlx_example_with(tmp_path, bench, tunables: str, slow_when: str) -> dict:
+    """The sweep's result on the MLX example given extra `tunables` (declaration lines), where every
+    call for which `slow_when` holds (a Python condition) also runs a large matmul that it throws away."""
+    text = MLX_EXAMPLE.read_text()
+    text = text.replace('SOFTMAX = "manual"', tunables + 'SOFTMAX = "manual"', 1)
+    text = text.replace("    q, k, v = queries.astype(dtype), keys.astype(dtype), values.astype(dtype)\n",
+                        "    q, k, v = queries.astype(dtype), keys.astype(dtype), values.astype(dtype)\n"
+                        f"    if {slow_when}:\n"
+                        "        q = q + 0 * mx.sum(mx.ones((384, 384)) @ mx.ones((384, 384)))\n", 1)
+    assert slow_when in text
+    candidate = tmp_path / "attention.py"
+    candidate.write_text(text)
+    out = tmp_path / "sweep.json"
+    assert bench.main(["--kernel", str(candidate), "--sweep-only", "--sweep-budget", "3", "--json", str(out)]) == 0
+    return json.loads(out.read_text())["sweep"]
+
+
 def test_bench_sweep_tunes_the_prefill_tunables_on_prefill_time(bench, tmp_path):
     """Decode time cannot tell a prefill kernel's choices apart, so the sweep tunes PREFILL in a
     phase of its own on prefill scenarios. Here the MLX example gains a PREFILL whose "slow" choice
     adds a large matmul to every prefill call and leaves decode alone: the decode phase must not
     touch it, and the prefill phase must find "fast"."""
-    text = MLX_EXAMPLE.read_text()
-    text = text.replace('SOFTMAX = "manual"', 'PREFILL = "slow"  # gitevolve: choices=["slow", "fast"]\nSOFTMAX = "manual"', 1)
-    text = text.replace("    q, k, v = queries.astype(dtype), keys.astype(dtype), values.astype(dtype)\n",
-                        "    q, k, v = queries.astype(dtype), keys.astype(dtype), values.astype(dtype)\n"
-                        "    if PREFILL == \"slow\" and query_len > 1:\n"
-                        "        q = q + 0 * mx.sum(mx.ones((384, 384)) @ mx.ones((384, 384)))\n", 1)
-    assert text.count("PREFILL") == 2
-    candidate = tmp_path / "attention.py"
-    candidate.write_text(text)
-    out = tmp_path / "sweep.json"
-    assert bench.main(["--kernel", str(candidate), "--sweep-only", "--sweep-budget", "3", "--json", str(out)]) == 0
-    result = json.loads(out.read_text())["sweep"]
+    result = _sweep_mlx_example_with(tmp_path, bench, 'PREFILL = "slow"  # gitevolve: choices=["slow", "fast"]\n',
+                                     'PREFILL == "slow" and query_len > 1')
     assert all(t["settings"]["PREFILL"] == "slow" for t in result["decode"]["tried"])
     assert {k for t in result["prefill"]["tried"] for k, v in t["settings"].items()
             if v != result["decode"]["best"][k]} == {"PREFILL"}
@@ -454,20 +461,10 @@ def test_bench_sweep_tunes_the_vector_kernel_on_float32_decode_once_the_tensor_c
     float32 decode in a phase of their own. Here the MLX example gains DOT (its "keys" choice slows
     every decode, so the first phase keeps "mma") and SHARE_KV, whose False slows only float32
     decode calls: the float32 phase must change only vector tunables, and find SHARE_KV=True."""
-    slow = "        q = q + 0 * mx.sum(mx.ones((384, 384)) @ mx.ones((384, 384)))\n"
-    text = MLX_EXAMPLE.read_text()
-    text = text.replace('SOFTMAX = "manual"', 'DOT = "mma"  # gitevolve: choices=["mma", "keys"]\n'
-                        'SHARE_KV = False  # gitevolve: choices=[False, True]\nSOFTMAX = "manual"', 1)
-    text = text.replace("    q, k, v = queries.astype(dtype), keys.astype(dtype), values.astype(dtype)\n",
-                        "    q, k, v = queries.astype(dtype), keys.astype(dtype), values.astype(dtype)\n"
-                        "    if query_len == 1 and (DOT == \"keys\" or not SHARE_KV and queries.dtype == mx.float32):\n"
-                        + slow, 1)
-    assert text.count("SHARE_KV") == 2
-    candidate = tmp_path / "attention.py"
-    candidate.write_text(text)
-    out = tmp_path / "sweep.json"
-    assert bench.main(["--kernel", str(candidate), "--sweep-only", "--sweep-budget", "3", "--json", str(out)]) == 0
-    result = json.loads(out.read_text())["sweep"]
+    result = _sweep_mlx_example_with(
+        tmp_path, bench, 'DOT = "mma"  # gitevolve: choices=["mma", "keys"]\n'
+                         'SHARE_KV = False  # gitevolve: choices=[False, True]\n',
+        'query_len == 1 and (DOT == "keys" or not SHARE_KV and queries.dtype == mx.float32)')
     assert result["decode"]["best"]["DOT"] == "mma"
     phase = result["float32_decode"]
     assert {k for t in phase["tried"] for k, v in t["settings"].items()
