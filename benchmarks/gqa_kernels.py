@@ -135,7 +135,8 @@ SETS = {
         _prefill(QWEN14, 2048),
     ),
     # The evaluator's short calls, where the candidate trails MLX most per call (hooks/gqa_mlx.py on
-    # the H100: 0.51x at 129 keys x 8, 0.70x at 128, 0.64x in float32, 0.79-0.89x for the short prompts).
+    # the H100: 0.51x at 129 keys x 8, 0.70x at 128, 0.64x in float32, 0.79-0.89x for the short prompts;
+    # on the H200 with the float32 phase's pick: 0.66x, 0.61x, 0.84x, 0.86-0.98x).
     "short": (
         _decode(QWEN06, 128),
         _decode(QWEN06, 129, batch=8, dtype="bfloat16"),
