@@ -205,7 +205,7 @@ def test_cuda_plans_are_keyed_by_every_tunable_and_shared_across_cache_lengths()
 
 def test_cuda_decode_kernels_split_by_their_own_minimum_and_plans_follow_both():
     """The tensor-core decode splits by MMA_MIN_SPLIT_KEYS and the vector kernel (float32 decode
-    under DOT="mma") by MIN_SPLIT_KEYS: on the H200 their best values were 1024 and 64. Two float32
+    under DOT="mma") by MIN_SPLIT_KEYS: on the H200 the sweep chose 1024 and 128. Two float32
     calls whose vector split counts differ must not share a plan, even where the tensor-core
     decode's would be the same."""
     module = _load(CUDA_EXAMPLE)
@@ -434,7 +434,7 @@ def _sweep_mlx_example_with(tmp_path, bench, tunables: str, slow_when: str) -> d
                         "    q, k, v = queries.astype(dtype), keys.astype(dtype), values.astype(dtype)\n"
                         f"    if {slow_when}:\n"
                         "        q = q + 0 * mx.sum(mx.ones((384, 384)) @ mx.ones((384, 384)))\n", 1)
-    assert slow_when in text
+    assert tunables + 'SOFTMAX = "manual"' in text and slow_when in text
     candidate = tmp_path / "attention.py"
     candidate.write_text(text)
     out = tmp_path / "sweep.json"
