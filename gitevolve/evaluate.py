@@ -22,6 +22,8 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Iterable, Mapping, Sequence
 
+from gitevolve.hookkit import exit_words, signal_group
+
 STDOUT_TAIL = 1024 * 1024  # also the longest result line that can be parsed: artifacts make it long
 STDERR_TAIL = 16 * 1024
 ARTIFACT_CAP = 8 * 1024
@@ -116,13 +118,6 @@ def terminate_all() -> None:
     # Escalate here rather than leave it to the evaluating threads: at shutdown they may be
     # daemon threads that never get to run again.
     _stop_groups(hooks)
-
-
-def signal_group(pgid: int, sig: int) -> None:
-    try:
-        os.killpg(pgid, sig)
-    except (ProcessLookupError, PermissionError):
-        pass  # already gone (PermissionError: macOS says so for a group of zombies)
 
 
 def _group_alive(pgid: int) -> bool:
@@ -357,15 +352,6 @@ def _read_report(stage: Stage, out: _Capture):
     if warnings:
         kept_artifacts[WARNINGS_ARTIFACT] = _truncate("\n".join(warnings))
     return {**report, "metrics": kept_metrics, "artifacts": kept_artifacts}, None
-
-
-def exit_words(code: int) -> str:
-    if code < 0:
-        try:
-            return f"was killed by {signal.Signals(-code).name}"
-        except ValueError:
-            return f"was killed by signal {-code}"
-    return f"exited with status {code}"
 
 
 def _run_once(worktree: Path, stage: Stage, env: Mapping[str, str], epoch: int) -> _Outcome:

@@ -21,8 +21,7 @@ from typing import Iterator
 
 import mlx.core as mx
 
-from gitevolve.mutate import MutationRejected
-from gitevolve.mutate.blocks import check, frame
+from gitevolve.hookkit import FrameChanged, check_frame as check_text, frame
 
 # Saved when the harness is imported, before any candidate: the timing loop calls the baseline
 # through this reference while the public name is a tripwire.
@@ -102,8 +101,8 @@ def check_frame(files: list[str], base: str | None, cwd: Path) -> FrameCheck:
             changed.append(f"{file}: {e}")
             continue
         try:
-            check(file, shown.stdout, now)
-        except MutationRejected as e:
+            check_text(file, shown.stdout, now)
+        except FrameChanged as e:
             changed.append(f"{e}\n{_frame_diff(file, shown.stdout, now)}")
     if changed:
         return FrameCheck("changed", "\n".join(changed))
@@ -116,7 +115,7 @@ def _frame_diff(file: str, before: str, after: str) -> str:
     def outside(text: str) -> list[str]:
         try:
             runs = frame(text)
-        except MutationRejected:
+        except FrameChanged:
             return text.splitlines()  # markers broken: the whole file is the evidence
         return [line for i, run in enumerate(runs) for line in ([] if i == 0 else ["    [inside the EVOLVE-BLOCK]"]) + run]
 

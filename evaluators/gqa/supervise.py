@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from evaluators.gqa import faults
-from gitevolve.evaluate import exit_words, signal_group
+from gitevolve.hookkit import exit_words, signal_group
 
 STDERR_TAIL = 6000
 STDOUT_TAIL = 2000
