@@ -54,7 +54,7 @@ import mlx.core as mx  # noqa: E402
 import numpy as np  # noqa: E402
 
 from benchmarks.candidate_file import candidate_file  # noqa: E402
-from evaluators.gqa import guards, timing  # noqa: E402
+from evaluators.gqa import baseline as mlx_baseline, guards, race  # noqa: E402
 from evaluators.gqa.summary import geomean  # noqa: E402
 from evaluators.gqa.correctness import QUERY_STD, fresh_seed  # noqa: E402
 from evaluators.gqa.reference import gqa_reference  # noqa: E402
@@ -245,12 +245,10 @@ DECODE_MASK = {"causal": False}  # --mlx-decode-mask
 
 
 def baseline_fn(q, k, v, scale, causal):
-    """MLX's attention as the evaluator harness calls it (timing.baseline: no mask for decode,
+    """MLX's attention as the evaluator harness calls it (baseline.attention: no mask for decode,
     where it hides nothing but sends MLX 0.32.4 down a slower path); with --mlx-decode-mask causal,
     the masked call there too."""
-    if DECODE_MASK["causal"]:
-        return guards.REAL_BASELINE(q, k, v, scale=scale, mask="causal" if causal else None)
-    return timing.baseline(q, k, v, scale, causal)
+    return mlx_baseline.attention(q, k, v, scale, causal, masked_decode=DECODE_MASK["causal"])
 
 
 def torch_contender(s: Scenario, sets: int) -> Contender:
@@ -273,7 +271,7 @@ def torch_contender(s: Scenario, sets: int) -> Contender:
 
 def _stats(seconds: list[float]) -> dict:
     us = sorted(x * 1e6 for x in seconds)
-    return {"median_us": statistics.median(us), "min_us": us[0], "spread": timing.spread(us), "n": len(us)}
+    return {"median_us": statistics.median(us), "min_us": us[0], "spread": race.spread(us), "n": len(us)}
 
 
 def time_per_call(contenders: list[Contender], rounds: int, warmup: int = 3) -> dict:

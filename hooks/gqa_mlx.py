@@ -5,7 +5,9 @@
         [--scenarios cpu|gpu|NAME,...] [--stage full|correctness|benchmark] [--seconds S] [--timeout T]
 
 Run from the candidate's worktree. The evaluation runs in a child process (this file again, with
---child), so that a kernel that crashes, faults or hangs the GPU is reported as such; --timeout
+--child), so that a kernel that crashes, faults or hangs the GPU is reported as such, and the
+baseline it races in another (--baseline), which never loads candidate code; this process keeps
+the clock (evaluators/gqa/referee.py). --timeout
 (default 50 s) must stay under gitevolve's own. Prints one JSON object as the last line of stdout
 and exits 0, whatever the candidate does; the work is done by evaluators.gqa.
 """
@@ -35,6 +37,10 @@ def main(argv: list[str]) -> dict:
     from evaluators.gqa import cli
 
     args = cli.parse(argv)
+    if args.baseline:
+        from evaluators.gqa import baseline
+
+        baseline.main(args)  # serves the supervisor, then exits
     if args.child:
         from evaluators.gqa import child
 

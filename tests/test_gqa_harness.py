@@ -23,14 +23,15 @@ from evaluators.gqa import backend, bandwidth, cli, launches, summary, supervise
 from evaluators.gqa.evaluate import Setup, evaluate  # noqa: E402
 from evaluators.gqa.reference import gqa_reference  # noqa: E402
 from evaluators.gqa.shapes import CPU, GPU, Scenario, select  # noqa: E402
-from evaluators.gqa.timing import Budget  # noqa: E402
+from evaluators.gqa.local import Local  # noqa: E402
+from evaluators.gqa.race import Budget  # noqa: E402
 
 from conftest import ROOT  # noqa: E402
 
 HOOK = ROOT / "hooks" / "gqa_mlx.py"
 MLX_EXAMPLE = ROOT / "examples" / "gqa-mlx" / "attention.py"
 CHECK_ONLY = Setup(stage="correctness")
-QUICK = Setup(budget=Budget(warmup=1, min_rounds=3, max_rounds=4, seconds=0.01))
+QUICK = Setup(timer=Local(Budget(warmup=1, min_rounds=3, max_rounds=4, seconds=0.01, clean_blocks=2)))
 PREFILL_THEN_DECODE = select("prefill-37,decode-256-b2")
 
 # --- fake kernels: the calling convention of mx.fast's kernels, computing with MLX ops -------------
@@ -211,7 +212,7 @@ def test_a_decoy_launch_fails_the_perturbation_check(tmp_path, fakes, body):
 RECOGNISES_TIMING = "_seen = {}\n"
 TIMED = ("    _seen.setdefault(id(keys), [keys, 0])[1] += 1\n"
          f"    if _seen[id(keys)][1] <= 3:\n        return _launch({ARGS})\n")
-LONGER = Setup(budget=Budget(warmup=1, min_rounds=12, max_rounds=12, seconds=0.0))
+LONGER = Setup(timer=Local(Budget(warmup=1, min_rounds=12, max_rounds=12, seconds=0.0, clean_blocks=2)))
 
 
 @pytest.mark.parametrize("timed_body, kind, words", [
@@ -350,7 +351,7 @@ def test_the_hook_reports_the_published_figures(tmp_path):
     assert sum(m[k] for k in ("gained_over_25pct", "gained_5_to_25pct", "within_5pct", "regressed_over_5pct")) == 2
     assert m["peak_memory_mb.candidate"] > 0
     steps = dict(part.rsplit(" ", 1) for part in m["step_seconds"].split(", "))  # where the time went
-    assert list(steps) == ["bandwidth", "import", "correctness.decode-256-b2", "correctness.prefill-37",
+    assert list(steps) == ["baseline", "import", "correctness.decode-256-b2", "correctness.prefill-37",
                            "timing.decode-256-b2", "timing.prefill-37"]
     assert all(float(v) >= 0 for v in steps.values())
 

@@ -8,13 +8,15 @@ import json
 import os
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 mx = pytest.importorskip("mlx.core")
 
-from evaluators.gqa import correctness, guards, timing  # noqa: E402
+from evaluators.gqa import baseline, correctness, guards, race  # noqa: E402
+from evaluators.gqa.local import Local  # noqa: E402
 from evaluators.gqa.evaluate import Setup, evaluate  # noqa: E402
 from evaluators.gqa.shapes import CPU, GPU, Scenario, select  # noqa: E402
 from gitevolve.mutate.tunables import parse  # noqa: E402
@@ -24,6 +26,7 @@ from conftest import ROOT, git  # noqa: E402
 EXAMPLE = ROOT / "examples" / "gqa-mlx"
 PROGRAM = (EXAMPLE / "attention.py").read_text()
 HOOK = ROOT / "hooks" / "gqa_mlx.py"
+REAL_BASELINE = mx.fast.scaled_dot_product_attention  # before any test hides it
 CHECK_ONLY = Setup(stage="correctness")
 
 # Small heads, so that all 640 settings run in seconds; lengths that split into uneven chunks.
@@ -197,8 +200,8 @@ def test_memo_that_only_hits_while_timed_is_caught(tmp_path):
             "    if id(keys) not in _SEEN:\n"
             "        _SEEN[id(keys)] = (keys, _real(queries, keys, values, scale, causal))\n"
             "    return _SEEN[id(keys)][1]\n\n\ndef _real(queries, keys, values, scale, causal):\n")
-    budget = timing.Budget(warmup=1, min_rounds=3, max_rounds=5, seconds=0.01)
-    failed(evaluate(variant(tmp_path, memo), select("decode-256-b2"), Setup(budget=budget)),
+    budget = race.Budget(warmup=1, min_rounds=3, max_rounds=5, seconds=0.01)
+    failed(evaluate(variant(tmp_path, memo), select("decode-256-b2"), Setup(timer=Local(budget))),
            "wrong output while timed", "last timed call")
 
 
@@ -215,7 +218,7 @@ def test_calling_the_baseline_is_caught(tmp_path, how):
                               f"def gqa_attention(queries, keys, values, scale, causal):\n{body}\n\n"
                               "def _real(queries, keys, values, scale, causal):\n"))
     failed(evaluate(path, CPU, CHECK_ONLY), "called mx.fast.scaled_dot_product_attention", kind="baseline_called")
-    assert mx.fast.scaled_dot_product_attention is guards.REAL_BASELINE  # restored afterwards
+    assert mx.fast.scaled_dot_product_attention is REAL_BASELINE  # restored afterwards
 
 
 def test_calling_the_baseline_while_imported_is_caught(tmp_path):
@@ -223,7 +226,7 @@ def test_calling_the_baseline_while_imported_is_caught(tmp_path):
                               "import mlx.core as mx\n\n_PROBE = mx.fast.scaled_dot_product_attention(\n"
                               "    mx.zeros((1, 1, 1, 8)), mx.zeros((1, 1, 1, 8)), mx.zeros((1, 1, 1, 8)), scale=1.0)\n"))
     failed(evaluate(path, CPU, CHECK_ONLY), "importing attention.py", "called mx.fast.scaled_dot_product_attention")
-    assert mx.fast.scaled_dot_product_attention is guards.REAL_BASELINE
+    assert mx.fast.scaled_dot_product_attention is REAL_BASELINE
 
 
 def test_a_candidate_that_raises_fails_with_its_traceback(tmp_path):
@@ -312,43 +315,89 @@ def test_the_hook_reports_its_own_errors_as_json(tmp_path):
     result, _ = run_hook(tmp_path, "--file", "missing.py", "--stage", "correctness")
     failed(result, "importing missing.py raised")
     result, _ = run_hook(tmp_path, "--scenarios", "no-such-set")
-    failed(result, "the evaluator raised ValueError", "no-such-set")
+    failed(result, "ValueError", "no-such-set", kind="evaluator_error")
     assert "Traceback" in result["artifacts"]["traceback"]
 
 
 # --- the harness's parts ---------------------------------------------------------------------
 
 
-def test_timing_interleaves_and_uses_distinct_inputs():
-    order, seen = [], []
+@dataclass
+class Scripted:
+    """A race.Worker that takes a fixed time per call and records what it was asked."""
 
-    def side(name):
-        def fn(q, k, v, scale, causal):
-            order.append(name)
-            seen.append(q)
-            return q
-        return fn
+    name: str
+    per_call: float
+    log: list
 
-    rounds = correctness.fresh_rounds(TINY[3])
-    result = timing.race(side("A"), side("B"), rounds, timing.Budget(warmup=1, min_rounds=6, max_rounds=6, seconds=0))
-    assert order == list("AB" + "ABBAABBAABBA")  # a warm-up round, then the timed ones
-    assert len({id(q) for q in seen[::2]}) == 7  # new queries every round, warm-up included
-    assert seen[0] is seen[1] and seen[2] is seen[3]  # both sides get the same inputs in a round
-    assert len(result.candidate.seconds) == len(result.baseline.seconds) == 6
-    assert result.speedup == pytest.approx(result.baseline.median_us / result.candidate.median_us)
+    def block(self, command):
+        self.log.append((self.name, tuple(command["seeds"]), tuple(command["kv"])))
+        calls = len(command["seeds"])
+        return race.Block(self.per_call * calls, self.per_call * calls, calls, self.name)
+
+    def pause(self):
+        self.log.append(("pause",))
+
+    def resume(self):
+        self.log.append(("resume",))
 
 
-def test_the_baseline_is_restored_even_when_the_candidate_raises():
+def test_the_race_interleaves_and_gives_both_sides_the_same_fresh_inputs():
+    log = []
+    a, b = Scripted("A", 1e-3, log), Scripted("B", 2e-3, log)
+    budget = race.Budget(warmup=1, min_rounds=6, max_rounds=6, seconds=0, clean_blocks=3, block_seconds=0.01)
+    clean = race.clean(b, "s", 1024, budget)
+    assert clean.calls == 5 and len(clean.baseline.blocks) == 3  # 10 ms of 2 ms calls
+    log.clear()
+    result = race.race(a, b, "s", clean, budget)
+    blocks = [entry for entry in log if entry[0] in "AB"]
+    assert "".join(e[0] for e in blocks) == "A" + "ABBAABBAABBA"  # the candidate's warm-up block, then rounds
+    assert all(log[i + 1][0] == "B" and log[i + 2] == ("resume",) for i, e in enumerate(log) if e == ("pause",))
+    assert len([e for e in log if e == ("pause",)]) == 6  # the candidate is stopped for every baseline block
+    rounds = blocks[1:]
+    assert all(rounds[i][1:] == rounds[i + 1][1:] for i in range(0, 12, 2))  # same inputs within a round
+    seeds = [s for e in rounds[::2] for s in e[1]]
+    assert len(set(seeds)) == len(seeds) == 30  # fresh queries for every call
+    assert len({k for e in rounds for k in e[2]}) == 2  # keys alternate between two sets
+    assert result.speedup == pytest.approx(2.0)
+
+
+def test_the_race_fails_a_clock_that_disagrees_and_a_slowed_baseline():
+    log = []
+    budget = race.Budget(warmup=1, min_rounds=4, max_rounds=4, seconds=0, clean_blocks=3)
+    honest, rival = Scripted("A", 1e-3, log), Scripted("B", 1e-3, log)
+    clean = race.clean(rival, "s", 1024, budget)
+    liar = Scripted("A", 1e-3, log)
+    liar.block = lambda command: race.Block(0.02, 0.01, len(command["seeds"]), "A")  # own clock at half speed
+    with pytest.raises(race.Cheated, match="timing tampered with") as e:
+        race.race(liar, rival, "s", clean, budget)
+    assert e.value.kind == "timing_tampered"
+    with pytest.raises(race.Cheated, match="slowed its rival") as e:
+        race.race(honest, Scripted("B", 2.5e-3, log), "s", clean, budget)
+    assert (e.value.kind, e.value.transient) == ("baseline_slowed", False)
+    with pytest.raises(race.Cheated, match="or the machine is busy") as e:  # within what noise can do: retried
+        race.race(honest, Scripted("B", 1.6e-3, log), "s", clean, budget)
+    assert (e.value.kind, e.value.transient) == ("baseline_slowed", True)
+    race.race(honest, rival, "s", clean, budget)  # the honest pair passes
+
+
+def test_the_baseline_is_restored_even_when_the_candidate_raises_and_gone_for_good_unless_asked():
     with pytest.raises(guards.BaselineCalled):
         with guards.baseline_hidden() as wire:
             mx.fast.scaled_dot_product_attention(None, None, None, scale=1.0)
-    assert wire.calls == 1 and mx.fast.scaled_dot_product_attention is guards.REAL_BASELINE
+    assert wire.calls == 1 and mx.fast.scaled_dot_product_attention is REAL_BASELINE
+    code = ("import gc, mlx.core as mx\nfrom evaluators.gqa import guards\n"
+            "with guards.baseline_hidden(restore=False):\n    pass\n"
+            "print(type(mx.fast.scaled_dot_product_attention).__name__)\n"
+            "print(sum(getattr(o, '__name__', '') == 'scaled_dot_product_attention' for o in gc.get_objects()))\n")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["Tripwire", "0"]  # no object left in the process is the real one
 
 
 def test_reference_agrees_with_mlx_attention():
     for s in TINY:
         x = correctness.make_inputs(s)
-        got = timing.baseline(*x.args())
+        got = baseline.attention(*x.args())
         assert correctness.compare(s, x, got, correctness.gqa_reference(*x.args())).ok
 
 

@@ -16,9 +16,11 @@ import sys
 import threading
 import time
 import traceback
+from dataclasses import dataclass
 from pathlib import Path
 
 from evaluators.gqa import faults
+from evaluators.gqa.channel import Channel
 from evaluators.gqa.faults import safety
 
 
@@ -40,17 +42,57 @@ def _progress(path: str | None):
     return tell
 
 
+@dataclass
+class Supervised:
+    """The timer of a child run by the supervisor (evaluate.Timer): the supervisor has the clock
+    and the baseline's process; this one serves the blocks it asks for (referee.py)."""
+
+    channel: Channel
+    keeps_baseline: bool = False  # the baseline is not in this process, and nothing here holds it
+
+    def prepare(self, scenarios) -> None:
+        # The supervisor times the baseline alone while this process waits, before the candidate is loaded.
+        self.channel.send({"op": "loaded"})
+        self._expect("go")
+
+    def race(self, scenario, block) -> None:
+        self.channel.send({"op": "ready", "scenario": scenario.name})
+        while self._expect("block", "done")["op"] == "block":
+            block(self._last, self.channel.send)
+
+    def finish(self, scenarios, checked: dict) -> dict:
+        return checked  # the supervisor adds the speed (report.py)
+
+    def _expect(self, *ops: str) -> dict:
+        message, _ = self.channel.receive()
+        if message["op"] not in ops:
+            raise RuntimeError(f"the supervisor sent {message['op']!r} where {' or '.join(ops)} was due")
+        self._last = message
+        return message
+
+
+def _timer(args: argparse.Namespace):
+    if args.stage == "correctness":
+        return None
+    if args.channel:
+        return Supervised(Channel.from_arg(args.channel))
+    # --child by hand, without a supervisor: the race in this process, which keeps nobody honest.
+    from evaluators.gqa import local, race
+
+    return local.Local(race.Budget() if args.seconds is None else race.Budget(seconds=args.seconds),
+                       allow_identical=args.allow_identical)
+
+
 def run(args: argparse.Namespace) -> dict:
-    from evaluators.gqa import backend, evaluate, shapes, timing
+    from evaluators.gqa import backend, evaluate, shapes
 
     try:
         chosen = backend.choose(args.backend)
     except backend.Unavailable as e:
         return {"status": "failed", "reason": str(e),
                 "metrics": {"backend": args.backend, **safety("backend_unavailable")}}
-    budget = timing.Budget() if args.seconds is None else timing.Budget(seconds=args.seconds)
     files = tuple(f for f in os.environ.get("GITEVOLVE_FILES", "").split(os.pathsep) if f)
-    setup = evaluate.Setup(stage=args.stage, budget=budget, base=os.environ.get("GITEVOLVE_BASE") or None,
+    setup = evaluate.Setup(stage=args.stage, timer=_timer(args), base=os.environ.get("GITEVOLVE_BASE") or None,
                            files=files, root=Path.cwd(), progress=_progress(args.result_file))
     scenarios = shapes.select(args.scenarios or chosen.scenario_set)
     # What the candidate prints goes to stderr, where the supervisor keeps its tail.

@@ -41,7 +41,11 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--seconds", type=_seconds, default=None, help="timing budget per scenario, both sides together")
     p.add_argument("--timeout", type=_seconds, default=DEFAULT_TIMEOUT,
                    help="seconds before the evaluation is killed as hung; keep it under gitevolve's timeout")
+    p.add_argument("--allow-identical", action="store_true",
+                   help="score a candidate whose outputs are bit-for-bit the baseline's (else it scores 0)")
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--baseline", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--channel", default=None, help=argparse.SUPPRESS)
     p.add_argument("--result-file", default=None, help=argparse.SUPPRESS)
     return p
 

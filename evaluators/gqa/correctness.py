@@ -69,13 +69,13 @@ def fresh_seed() -> int:
     return int.from_bytes(os.urandom(4), "little")
 
 
-def _queries(scenario: Scenario, seed: int) -> mx.array:
+def queries(scenario: Scenario, seed: int) -> mx.array:
     m = scenario.shape
     shape = (scenario.batch, m.query_heads, scenario.query_len, m.head_dim)
     return (QUERY_STD * mx.random.normal(shape, key=mx.random.key(seed))).astype(getattr(mx, scenario.dtype))
 
 
-def _keys_values(scenario: Scenario, kv_seed: int) -> tuple[mx.array, mx.array]:
+def keys_values(scenario: Scenario, kv_seed: int) -> tuple[mx.array, mx.array]:
     m = scenario.shape
     shape = (scenario.batch, m.kv_heads, scenario.key_len, m.head_dim)
     kk, kv = mx.random.split(mx.random.key(kv_seed), 2)
@@ -87,7 +87,7 @@ def make_inputs(scenario: Scenario, seed: int | None = None, kv_seed: int | None
     """Random inputs of the scenario's shape and dtype, already evaluated; the same seeds give the same inputs."""
     seed = fresh_seed() if seed is None else seed
     kv_seed = fresh_seed() if kv_seed is None else kv_seed
-    q, (k, v) = _queries(scenario, seed), _keys_values(scenario, kv_seed)
+    q, (k, v) = queries(scenario, seed), keys_values(scenario, kv_seed)
     mx.eval(q, k, v)
     return Inputs(q, k, v, scenario.shape.head_dim ** -0.5, scenario.causal, seed, kv_seed)
 
@@ -104,7 +104,7 @@ def fresh_rounds(scenario: Scenario, kv_sets: int = 2) -> Iterator[Inputs]:
     for n in itertools.count():
         base = sets[n % len(sets)]
         seed = fresh_seed()
-        q = _queries(scenario, seed)
+        q = queries(scenario, seed)
         mx.eval(q)
         yield Inputs(q, base.keys, base.values, base.scale, base.causal, seed, base.kv_seed)
 

@@ -1,9 +1,15 @@
 """One candidate file in, one hook result (docs/hooks.md) out.
 
-    frame check -> device bandwidth -> load with the baseline hidden and kernels watched
+    frame check -> the timer prepares (supervised: the baseline is timed alone, elsewhere)
+    -> load with the baseline hidden, kernels watched, and the harness's objects captured
     -> correctness on every scenario (and, for a kernel, its result must depend on the kernel)
-    -> interleaved timing -> the timed path's own output checked, the kernel's part in it again
-    -> peak memory -> no time faster than the device can read its K/V cache -> score
+    -> timed blocks as the timer asks (the harness checked intact around each) -> the timed
+    path's own output checked, the kernel's part in it again -> peak memory -> the timer's result
+
+The timer is where the clock and the baseline live. Run by the hook, it is the supervisor
+(child.Supervised): this process never holds the baseline, and its result has no speed in it;
+the supervisor adds that from its own clock (report.py). In one process, for tests and
+benchmarks, it is local.Local, which cannot keep a candidate honest and says so.
 
 The same steps serve every backend: a candidate whose gqa_attention builds its result from MLX
 ops, or launches its own kernel through mx.fast.metal_kernel or mx.fast.cuda_kernel, is called
@@ -28,8 +34,15 @@ failure_kind is "none" for a passing candidate, else one of
     kernel_not_launched  it built a kernel and returned without launching one
     kernel_bypassed      its result does not change when its kernels' outputs are replaced
     impossible_speed     faster than the device can read the K/V cache
+    harness_tampered     it replaced the clock, mx.eval, mx.fast or the harness's own objects,
+                         or left a thread running (integrity.py)
+    timing_tampered      its process's clock disagreed with the supervisor's, or the timing
+                         channel carried what the harness did not send (race.py, supervise.py)
+    baseline_slowed      the baseline ran slower against it than alone (race.py)
+    background_work      it started a process (supervise.py)
 child.py adds backend_unavailable and evaluator_error (the harness itself failed); supervise.py adds
 hang and crash, and tells compile_error, gpu_fault and the transient kinds from a dead child's stderr.
+An output bit-for-bit the baseline's on every timed block scores 0 (report.py).
 """
 
 from __future__ import annotations
@@ -38,18 +51,36 @@ import time
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Protocol, Sequence
 
 import mlx.core as mx
 
-from evaluators.gqa import backend, bandwidth, faults, launches, summary
+from evaluators.gqa import backend, faults, integrity, launches, timing
 from evaluators.gqa.cli import STAGES
-from evaluators.gqa.correctness import Inputs, check, fresh_rounds, make_inputs, verify
+from evaluators.gqa.correctness import Inputs, check, make_inputs, verify
 from evaluators.gqa.faults import safety
 from evaluators.gqa.guards import BaselineCalled, Tripwire, baseline_hidden, check_frame, load_candidate
 from evaluators.gqa.memory import own_out_of_memory, peak_bytes
+from evaluators.gqa.report import PEAK
 from evaluators.gqa.shapes import Scenario, select
-from evaluators.gqa.timing import Budget, Race, baseline, race
+
+# A block runner: runs the timed block `command` asks for, announcing through the callable.
+Block = Callable[[dict, Callable[[dict], None]], None]
+
+
+class Timer(Protocol):
+    """Where the clock and the baseline are (module docstring)."""
+
+    keeps_baseline: bool  # False: mx.fast.scaled_dot_product_attention is gone from this process for good
+
+    def prepare(self, scenarios: Sequence[Scenario]) -> None:
+        """Before the candidate is loaded."""
+
+    def race(self, scenario: Scenario, block: Block) -> None:
+        """Have `block` run the candidate's timed blocks for `scenario`, until the race is over."""
+
+    def finish(self, scenarios: Sequence[Scenario], checked: dict) -> dict:
+        """The hook result, from what this process `checked` (status ok, candidate peaks in its metrics)."""
 
 TRACEBACK_TAIL = 3000
 
@@ -69,7 +100,7 @@ class Failed(Exception):
 @dataclass(frozen=True)
 class Setup:
     stage: str = "full"  # "correctness" stops before timing, with score 1.0 when all is right
-    budget: Budget = Budget()
+    timer: Timer | None = None  # needed unless stage is "correctness"
     base: str | None = None  # GITEVOLVE_BASE: the frame outside the EVOLVE-BLOCK must equal it
     files: tuple[str, ...] = ()  # the files whose frame is checked, relative to root
     root: Path = Path(".")
@@ -82,6 +113,7 @@ class Setup:
 class Guard:
     wire: Tripwire
     ledger: launches.Ledger
+    snapshot: integrity.Snapshot
 
 
 def evaluate(path: str | Path, scenarios: Sequence[Scenario] | str = "cpu", setup: Setup = Setup()) -> dict:
@@ -90,6 +122,8 @@ def evaluate(path: str | Path, scenarios: Sequence[Scenario] | str = "cpu", setu
         scenarios = select(scenarios)
     if setup.stage not in STAGES:
         raise ValueError(f"stage must be one of {', '.join(STAGES)}, not {setup.stage!r}")
+    if setup.stage != "correctness" and setup.timer is None:
+        raise ValueError(f"stage {setup.stage!r} times the candidate: Setup needs a timer")
     metrics: dict = {"backend": backend.current(), "device": str(mx.default_device()), "stage": setup.stage,
                      **safety()}
     try:
@@ -140,18 +174,19 @@ def _evaluate(path: Path, scenarios: Sequence[Scenario], setup: Setup, metrics: 
     if frame.status == "changed":
         raise Failed(f"edited outside the EVOLVE-BLOCK: {frame.detail.splitlines()[0]}", "frame_changed",
                      frame=frame.detail)
-    device, steps = None, Steps(setup, metrics)
-    if setup.stage != "correctness":
-        # Before the candidate is loaded, so nothing it does at import can slow the measurement.
-        steps.enter("bandwidth", "measuring the device's bandwidth")
-        device = bandwidth.measure()
-        metrics.update(device.metrics())
+    steps = Steps(setup, metrics)
+    timer = setup.timer
+    if timer is not None:
+        # Before the candidate is loaded: nothing it does can touch what is measured here.
+        steps.enter("baseline", "timing the baseline alone")
+        timer.prepare(scenarios)
 
-    with baseline_hidden() as wire, launches.watch() as ledger:
-        guard = Guard(wire, ledger)
+    with baseline_hidden(restore=timer is None or timer.keeps_baseline) as wire, launches.watch() as ledger:
+        guard = Guard(wire, ledger, integrity.capture())
         try:
             steps.enter("import", f"importing {path.name}")
             attention = launches.counted(_load(path, wire), ledger)
+            _intact(guard, f"importing {path.name}")
             checks = []
             for s in scenarios:
                 steps.enter(f"correctness.{s.name}", f"{s.name} (correctness)", ledger.metrics())
@@ -162,43 +197,18 @@ def _evaluate(path: Path, scenarios: Sequence[Scenario], setup: Setup, metrics: 
             artifacts = {"correctness": "\n".join(v.report for v in checks)}
             if setup.stage == "correctness":
                 _all_launched(ledger)
+                _intact(guard, "after the correctness checks")
                 return {"status": "ok", "score": 1.0, "metrics": metrics, "artifacts": artifacts}
-            races, peaks = {}, {}
             for s in scenarios:
                 steps.enter(f"timing.{s.name}", f"{s.name} (timing)", ledger.metrics())
-                races[s.name] = _time(s, attention, guard, setup.budget)
-                peaks[s.name] = _peaks(s, attention, guard, races[s.name].last_inputs)
+                last = _time(s, attention, guard, timer)
+                metrics[f"{PEAK}{s.name}"] = _call_site(s, "memory", guard, peak_bytes, attention, last.args())
             steps.enter(None)
             _all_launched(ledger)
+            _intact(guard, "at the end of the evaluation")
         finally:
             metrics.update(ledger.metrics())
-
-    return _report(scenarios, races, peaks, device, metrics, artifacts)
-
-
-def _report(scenarios: Sequence[Scenario], races: dict[str, Race], peaks: dict[str, tuple[int, int]],
-            device: bandwidth.Bandwidth, metrics: dict, artifacts: dict) -> dict:
-    """The timed evaluation's result: per-scenario metrics, then the bandwidth check, then the summary."""
-    seconds = {n: r.candidate.median_us * 1e-6 for n, r in races.items()}
-    for name, r in races.items():
-        metrics[f"speedup.{name}"] = round(r.speedup, 4)
-        metrics[f"candidate_us.{name}"] = round(r.candidate.median_us, 1)
-        metrics[f"baseline_us.{name}"] = round(r.baseline.median_us, 1)
-    for s in scenarios:
-        if bandwidth.judged(s):
-            fraction = bandwidth.roofline_fraction(s, seconds[s.name], device)
-            metrics[f"roofline_fraction.{s.name}"] = float(f"{fraction:.4g}")
-    artifacts["timings"] = _table(scenarios, races)
-    for s in scenarios:
-        why = bandwidth.impossible(s, seconds[s.name], device)
-        if why:
-            raise Failed(why, "impossible_speed", timings=artifacts["timings"])
-    metrics.update(summary.summarise(
-        scenarios, seconds, {n: r.baseline.median_us * 1e-6 for n, r in races.items()},
-        {n: p[0] for n, p in peaks.items()}, {n: p[1] for n, p in peaks.items()}))
-    metrics["worst_spread"] = round(max(r.spread for r in races.values()), 4)
-    return {"status": "ok", "score": summary.geomean(r.speedup for r in races.values()), "metrics": metrics,
-            "artifacts": artifacts}
+    return timer.finish(scenarios, {"status": "ok", "metrics": metrics, "artifacts": artifacts})
 
 
 def _relative(path: Path, root: Path) -> str:
@@ -321,29 +331,36 @@ def _all_launched(ledger: launches.Ledger) -> None:
         raise Failed(why, "kernel_not_launched")
 
 
-def _time(scenario: Scenario, attention, guard: Guard, budget: Budget) -> Race:
-    result = _call_site(scenario, "timing", guard, race, attention, baseline, fresh_rounds(scenario), budget)
+def _intact(guard: Guard, where: str) -> None:
+    changed = guard.snapshot.changed()
+    if changed:
+        raise Failed(f"{where}: {integrity.describe(changed)}", "harness_tampered", replaced="\n".join(changed))
+
+
+def _time(scenario: Scenario, attention, guard: Guard, timer: Timer) -> Inputs:
+    """Serve the timer's blocks; check the last timed output; return the inputs it answered."""
+    blocks, last = timing.Blocks(scenario), []
+
+    def block(command: dict, announce: Callable[[dict], None]) -> None:
+        _intact(guard, f"{scenario.name} (before a timed block)")
+        inputs = blocks.inputs(command)
+        seconds, out = _call_site(scenario, "timing", guard, timing.run, attention, inputs, announce)
+        _intact(guard, f"{scenario.name} (timed block)")
+        if inputs:
+            last[:] = [out, inputs[-1]]
+        announce(timing.calls_message(seconds, out))
+
+    timer.race(scenario, block)
+    if not last:
+        raise Failed(f"{scenario.name}: the timer ran no block of calls", "evaluator_error")
+    out, inputs = last
     # The output of the last timed call, on that call's inputs: proof that what was timed is
     # the candidate that was checked, computing this answer and not an earlier one.
-    verdict, _, _ = verify(scenario, result.last_inputs, result.last_output, " (last timed call)")
+    verdict, _, _ = verify(scenario, inputs, out, " (last timed call)")
     if not verdict.ok:
         raise _verdict_failure(verdict, scenario, "wrong output while timed: ")
     if guard.ledger.kernels:
         # On inputs the timing loop made (keys shared between rounds), where a candidate that
         # recognised the benchmark would have switched paths.
-        _depends_on_kernels(scenario, "timed kernel check", attention, guard, result.last_inputs, result.last_output)
-    return result
-
-
-def _peaks(scenario: Scenario, attention, guard: Guard, inputs: Inputs) -> tuple[int, int]:
-    ours = _call_site(scenario, "memory", guard, peak_bytes, attention, inputs.args())
-    return ours, peak_bytes(baseline, inputs.args())
-
-
-def _table(scenarios: Sequence[Scenario], races: dict[str, Race]) -> str:
-    rows = [f"{'scenario':<24} {'candidate us':>13} {'baseline us':>12} {'speedup':>8} {'spread':>7}  shape"]
-    for s in scenarios:
-        r = races[s.name]
-        rows.append(f"{s.name:<24} {r.candidate.median_us:>13.1f} {r.baseline.median_us:>12.1f} "
-                    f"{r.speedup:>8.3f} {r.spread:>7.1%}  {s.describe().split(': ', 1)[1]}")
-    return "\n".join(rows)
+        _depends_on_kernels(scenario, "timed kernel check", attention, guard, inputs, out)
+    return inputs

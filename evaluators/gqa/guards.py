@@ -1,6 +1,10 @@
 """Keeping a candidate honest: it cannot call the baseline it races, cannot edit outside its
 EVOLVE-BLOCK, and is loaded from its file every time.
 
+Under the hook, the candidate's process has no baseline to call: the baseline runs in a process
+of its own (baseline.py), and here mx.fast.scaled_dot_product_attention becomes a tripwire for
+good, the real function dropped, so no module table, closure or frame of the harness holds it.
+
 The published OpenEvolve GQA run "beat" MLX with a benchmark that never ran the evolved kernel;
 these checks are cheap and make that kind of result impossible to report by accident.
 """
@@ -23,10 +27,6 @@ import mlx.core as mx
 
 from gitevolve.hookkit import FrameChanged, check_frame as check_text, frame
 
-# Saved when the harness is imported, before any candidate: the timing loop calls the baseline
-# through this reference while the public name is a tripwire.
-REAL_BASELINE = mx.fast.scaled_dot_product_attention
-
 _modules = itertools.count()
 
 
@@ -46,15 +46,18 @@ class Tripwire:
 
 
 @contextmanager
-def baseline_hidden() -> Iterator[Tripwire]:
+def baseline_hidden(restore: bool = True) -> Iterator[Tripwire]:
     """While inside, mx.fast.scaled_dot_product_attention raises and counts its calls, so a
-    candidate that catches the error is still caught; the real function is restored on exit."""
+    candidate that catches the error is still caught. With `restore`, the real function comes
+    back on exit (in-process use: tests, benchmarks); without, it is gone from this process."""
     wire = Tripwire()
+    real = mx.fast.scaled_dot_product_attention if restore else None
     mx.fast.scaled_dot_product_attention = wire
     try:
         yield wire
     finally:
-        mx.fast.scaled_dot_product_attention = REAL_BASELINE
+        if real is not None:
+            mx.fast.scaled_dot_product_attention = real
 
 
 def load_candidate(path: Path) -> ModuleType:

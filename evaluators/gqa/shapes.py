@@ -67,6 +67,11 @@ class Scenario:
         m = self.shape
         return 2 * self.batch * m.kv_heads * self.key_len * m.head_dim * ITEMSIZE[self.dtype]
 
+    @property
+    def query_bytes(self) -> int:
+        m = self.shape
+        return self.batch * m.query_heads * self.query_len * m.head_dim * ITEMSIZE[self.dtype]
+
     def describe(self) -> str:
         m = self.shape
         return (f"{self.name}: {self.kind} B={self.batch} Hq={m.query_heads} Hkv={m.kv_heads} D={m.head_dim} "

@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from evaluators.gqa import faults
+from evaluators.gqa.channel import Channel
 from gitevolve.hookkit import exit_words, signal_group
 
 STDERR_TAIL = 6000
@@ -84,44 +85,77 @@ def _read_result(path: Path) -> tuple[dict | None, str, dict]:
     return None, str(progress.get("step", "")), dict(progress.get("metrics") or {})
 
 
+@dataclass
+class Running:
+    """A started child: its process, where its output goes, and its channel when it has one."""
+
+    proc: subprocess.Popen
+    files: Path
+    started: float
+    channel: Channel | None = None
+
+
+def start(command: list[str], files: Path, channel: bool = False, env: dict | None = None) -> Running:
+    """Start `command` in a process group of its own, its output into `files`/{stdout,stderr}, with
+    --result-file `files`/result.json, and with --channel when `channel`."""
+    files.mkdir(parents=True, exist_ok=True)
+    environ = {**(os.environ if env is None else env), "PYTHONFAULTHANDLER": "1"}
+    ours = theirs = None
+    extra = ["--result-file", str(files / "result.json")]
+    if channel:
+        to_child, from_child = os.pipe(), os.pipe()
+        theirs = (to_child[0], from_child[1])
+        ours = Channel(from_child[0], to_child[1])
+        extra += ["--channel", f"{theirs[0]},{theirs[1]}"]
+    with open(files / "stdout", "wb") as out, open(files / "stderr", "wb") as err:
+        proc = subprocess.Popen(
+            [*command, *extra], stdin=subprocess.DEVNULL, stdout=out, stderr=err, env=environ,
+            start_new_session=True, pass_fds=theirs or (),
+            preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None)
+    for fd in theirs or ():
+        os.close(fd)
+    return Running(proc, files, time.monotonic(), ours)
+
+
+def collect(running: Running, timeout: float) -> Child:
+    """Wait for the child at most `timeout` more seconds, then kill its group (also after a
+    normal exit: nothing the candidate started may outlive the evaluation) and read what it left."""
+    proc = running.proc
+    timed_out = False
+    try:
+        proc.wait(timeout=max(timeout, 0.0))
+    except subprocess.TimeoutExpired:
+        timed_out = True
+    signal_group(proc.pid, signal.SIGKILL)
+    try:
+        code = proc.wait(timeout=REAP_SECONDS)
+    except subprocess.TimeoutExpired:
+        code = None
+    if running.channel is not None:
+        running.channel.close()
+    report, step, metrics = _read_result(running.files / "result.json")
+    return Child(code, timed_out, time.monotonic() - running.started, _read(running.files / "stdout", STDOUT_TAIL),
+                 _read(running.files / "stderr", STDERR_TAIL), report, step, metrics)
+
+
 def run_child(command: list[str], timeout: float, env: dict | None = None) -> Child:
     """Run `command` with --result-file added, in a process group of its own, for at most `timeout` s."""
     with tempfile.TemporaryDirectory(prefix="gqa-eval-") as tmp:
-        tmp = Path(tmp)
-        result, out_path, err_path = tmp / "result.json", tmp / "stdout", tmp / "stderr"
-        environ = {**(os.environ if env is None else env), "PYTHONFAULTHANDLER": "1"}
-        started = time.monotonic()
-        with open(out_path, "wb") as out, open(err_path, "wb") as err:
-            proc = subprocess.Popen(
-                [*command, "--result-file", str(result)], stdin=subprocess.DEVNULL, stdout=out, stderr=err,
-                env=environ, start_new_session=True,
-                preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None)
-            previous = _forward_signals(proc.pid)
-            try:
-                timed_out = False
-                try:
-                    proc.wait(timeout=timeout)
-                except subprocess.TimeoutExpired:
-                    timed_out = True
-                # Also after a normal exit: nothing the candidate started may outlive the evaluation.
-                signal_group(proc.pid, signal.SIGKILL)
-                try:
-                    code = proc.wait(timeout=REAP_SECONDS)
-                except subprocess.TimeoutExpired:
-                    code = None
-            finally:
-                _restore_signals(previous)
-        report, step, metrics = _read_result(result)
-        return Child(code, timed_out, time.monotonic() - started, _read(out_path, STDOUT_TAIL),
-                     _read(err_path, STDERR_TAIL), report, step, metrics)
+        running = start(command, Path(tmp), env=env)
+        previous = _forward_signals([running.proc.pid])
+        try:
+            return collect(running, timeout)
+        finally:
+            _restore_signals(previous)
 
 
-def _forward_signals(pgid: int) -> dict:
-    """gitevolve stops a hook by signalling the hook's group, which the child has left: take the
-    child's group down with us."""
+def _forward_signals(groups: list[int]) -> dict:
+    """gitevolve stops a hook by signalling the hook's group, which the children have left: take
+    their groups down with us."""
 
     def stop(signum, frame):
-        signal_group(pgid, signal.SIGKILL)
+        for pgid in groups:
+            signal_group(pgid, signal.SIGKILL)
         os._exit(128 + signum)
 
     previous = {}
@@ -178,6 +212,11 @@ def _failure(child: Child, kind: str, transient: bool, reason: str, artifacts: d
 
 def main(script: str, argv: list[str], args: argparse.Namespace) -> dict:
     """Evaluate as `script --child argv` would (`args`: argv parsed), supervised; `script` is the
-    hook file itself, so the child imports the harness the same way the hook did."""
+    hook file itself, so the children import the harness the same way the hook did. A timed
+    stage races the baseline in a process of its own (referee.py)."""
+    if args.stage != "correctness":
+        from evaluators.gqa import referee
+
+        return referee.run(script, argv, args)
     child = run_child([sys.executable, script, "--child", *argv], args.timeout)
     return classify(child, args.timeout)

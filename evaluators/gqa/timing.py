@@ -1,109 +1,100 @@
-"""Candidate against baseline, interleaved in one process.
+"""The timed block, as a timing process runs it: the candidate's (evaluate.py) and the baseline's
+(baseline.py) run the same code on the same inputs.
 
-Calls alternate A B B A A B ... so that drift (clocks, heat, another process) falls on both
-sides alike, every call is followed by mx.eval (MLX is lazy: an unevaluated call costs nothing),
-and both sides get the same inputs in the same round. Every round has inputs of its own, so a
-candidate cannot memoize an earlier call's answer.
+The supervisor (race.py) sends a block: the seeds of its calls' queries and keys. The process
+makes those inputs, announces "start", calls the function once per input with mx.eval after
+each call (MLX is lazy: an unevaluated call costs nothing), synchronises the device, announces
+"end", and then sends what the block produced: a digest of its last output, which tells a
+candidate that returns the baseline's exact bits. The supervisor's clock between the two
+announcements is the block's time; the process's own, sent along, is only a cross-check.
+
+The clock, mx.eval and mx.synchronize are the objects captured when this module is imported,
+before any candidate: a candidate that replaces the public names changes nothing here, and
+integrity.py reports that it tried.
 """
 
 from __future__ import annotations
 
-import statistics
+import hashlib
 import time
-from dataclasses import dataclass
-from typing import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Callable
 
 import mlx.core as mx
+import numpy as np
 
-from evaluators.gqa.correctness import Inputs
-from evaluators.gqa.guards import REAL_BASELINE
+from evaluators.gqa.correctness import Inputs, keys_values, queries
+from evaluators.gqa.shapes import Scenario
 
-
-@dataclass(frozen=True)
-class Side:
-    seconds: tuple[float, ...]
-
-    @property
-    def median_us(self) -> float:
-        return statistics.median(self.seconds) * 1e6
-
-    @property
-    def spread(self) -> float:
-        return spread(self.seconds)
+_clock = time.perf_counter
+_eval = mx.eval
+_synchronize = mx.synchronize
+DIGEST_SAMPLE = 1 << 20  # elements of an output hashed at most: enough to tell two kernels apart
 
 
-def spread(times) -> float:
-    """Interquartile range over the median: how noisy a series of timings was (0 under 4 of them)."""
-    median = statistics.median(times) if times else 0.0
-    if len(times) < 4 or not median:
-        return 0.0
-    q1, _, q3 = statistics.quantiles(times, n=4)
-    return (q3 - q1) / median
+@dataclass
+class Blocks:
+    """Inputs for one scenario's blocks, made from the supervisor's seeds; keys and values are
+    made once per seed (they can be large: a 32k cache) and the queries for every call."""
+
+    scenario: Scenario
+    _kv: dict = field(default_factory=dict)
+
+    def inputs(self, block: dict) -> list[Inputs]:
+        seeds, kv_seeds = block["seeds"], block["kv"]
+        if len(seeds) != len(kv_seeds):
+            raise ValueError("a block needs one key seed per query seed")
+        for kv_seed in set(kv_seeds) - set(self._kv):
+            if len(self._kv) >= 2:  # the supervisor alternates two sets; a third replaces them
+                self._kv.clear()
+            k, v = keys_values(self.scenario, kv_seed)
+            _eval(k, v)
+            self._kv[kv_seed] = (k, v)
+        made = []
+        for seed, kv_seed in zip(seeds, kv_seeds):
+            q = queries(self.scenario, seed)
+            k, v = self._kv[kv_seed]
+            made.append(Inputs(q, k, v, self.scenario.shape.head_dim ** -0.5, self.scenario.causal, seed, kv_seed))
+        _eval(*(x.queries for x in made))
+        return made
 
 
-@dataclass(frozen=True)
-class Race:
-    candidate: Side
-    baseline: Side
-    last_output: mx.array  # the candidate's output of its last timed call, on last_inputs
-    last_inputs: Inputs
-
-    @property
-    def speedup(self) -> float:
-        return self.baseline.median_us / self.candidate.median_us
-
-    @property
-    def spread(self) -> float:
-        """The noisier side's relative interquartile spread."""
-        return max(self.candidate.spread, self.baseline.spread)
+def run(fn: Callable, inputs: list[Inputs], announce: Callable[[dict], None]) -> tuple[float, object]:
+    """Announce, call `fn` on each of `inputs` (evaluated), sync, announce: (own seconds, last output)."""
+    out = None
+    announce({"op": "start"})
+    started = _clock()
+    for x in inputs:
+        out = fn(*x.args())
+        _eval(out)
+    _synchronize()
+    seconds = _clock() - started
+    announce({"op": "end", "seconds": seconds})
+    return seconds, out
 
 
-@dataclass(frozen=True)
-class Budget:
-    warmup: int = 2  # per side, untimed: compilation, allocation, caches
-    min_rounds: int = 8
-    max_rounds: int = 200
-    seconds: float = 0.8  # per scenario, both sides together, once past min_rounds
+def digest(out) -> str:
+    """A hash of the output's bits (of a strided sample of at most DIGEST_SAMPLE of them)."""
+    if not isinstance(out, mx.array):
+        return f"not an array: {type(out).__name__}"
+    bits = {1: mx.uint8, 2: mx.uint16, 4: mx.uint32, 8: mx.uint64}[out.itemsize]
+    flat = out.view(bits).reshape(-1)
+    stride = max(1, flat.size // DIGEST_SAMPLE)
+    sample = np.array(flat[::stride])
+    return hashlib.sha1(f"{out.dtype}{out.shape}".encode() + sample.tobytes()).hexdigest()[:16]
 
 
-def _timed(fn: Callable, inputs: Inputs) -> tuple[float, mx.array]:
-    args = inputs.args()
-    start = time.perf_counter()
-    out = fn(*args)
-    mx.eval(out)
-    return time.perf_counter() - start, out
+def calls_message(seconds: float, out) -> dict:
+    """What a block produced, sent after its "end": the supervisor compares digests across sides."""
+    return {"op": "checked", "digest": digest(out), "seconds": seconds}
 
 
-def race(candidate: Callable, baseline: Callable, rounds: Iterator[Inputs], budget: Budget = Budget()) -> Race:
-    """Time candidate and baseline round by round, in alternating order, each round (warm-up
-    included) on the next inputs from `rounds`, which are made between timed calls."""
-    for _ in range(budget.warmup):
-        inputs = next(rounds)
-        for fn in (candidate, baseline):
-            _timed(fn, inputs)
-    ours, theirs = [], []
-    out = inputs = None
-    started = time.perf_counter()
-    for r in range(max(budget.max_rounds, 1)):
-        if r >= budget.min_rounds and time.perf_counter() - started > budget.seconds:
-            break
-        inputs = next(rounds)
-        order = ((candidate, ours), (baseline, theirs)) if r % 2 == 0 else ((baseline, theirs), (candidate, ours))
-        for fn, times in order:
-            t, result = _timed(fn, inputs)
-            times.append(t)
-            if fn is candidate:
-                out = result
-    return Race(Side(tuple(ours)), Side(tuple(theirs)), out, inputs)
+def runner(fn: Callable, scenario: Scenario) -> Callable[[dict, Callable[[dict], None]], None]:
+    """Runs the blocks of `scenario` the supervisor asks for, with `fn` (the baseline's way)."""
+    blocks = Blocks(scenario)
 
+    def block(command: dict, announce: Callable[[dict], None]) -> None:
+        seconds, out = run(fn, blocks.inputs(command), announce)
+        announce(calls_message(seconds, out))
 
-def baseline(queries, keys, values, scale, causal):
-    """MLX's own attention, called through the reference saved before any candidate ran.
-
-    It takes Hkv < Hq directly, and its "causal" mask is aligned bottom-right like ours. A single
-    query row sees every key, so decode goes without the mask, as mlx-lm calls it: with
-    mask="causal" MLX 0.32's CUDA backend takes a slower path (measured on the H100: ~680 us per
-    call at a 32k cache against ~170 us unmasked), which would flatter every candidate.
-    """
-    masked = causal and queries.shape[2] > 1
-    return REAL_BASELINE(queries, keys, values, scale=scale, mask="causal" if masked else None)
+    return block

@@ -1,0 +1,218 @@
+"""Candidate against baseline, timed by the supervisor's clock (standard library only).
+
+Two timing processes race: the candidate's, and the baseline's, which never loads candidate code.
+The supervisor sends each a block of calls (the seeds of their inputs) and times it between the
+block's "start" and "end" announcements (channel.py). Blocks alternate A B B A A B ... so that
+drift falls on both sides alike, both sides get the same inputs in the same round, and every
+call has queries of its own, so a candidate cannot memoize an earlier call's answer.
+
+Before the candidate's process loads the candidate, the baseline is timed alone ("clean", within
+the scenario's time budget): that also sets the calls per block (BLOCK_SECONDS of baseline work, so the handshake is well under 1%
+of a block) and measures the handshake itself (blocks of no calls). While a baseline block
+runs, the candidate's process group is stopped (SIGSTOP): no thread or process of its can take
+the baseline's CPU. After the race:
+
+    the candidate process's own clock disagrees with ours     timing_tampered
+    the raced baseline's fastest block is slower than alone   baseline_slowed (transient unless 2x)
+    every output's bits are the baseline's (report.py)        identical to the baseline, score 0
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import statistics
+import time
+from dataclasses import dataclass
+from typing import Protocol, Sequence
+
+BLOCK_SECONDS = 0.02
+MAX_QUERY_BYTES = 256 * 2**20  # the queries one block makes ahead, at most
+# The candidate process's clock may differ from ours by the handshake and by scheduling, never
+# by this much over a whole race: beyond it, the timed process's clock or announcements were
+# tampered with.
+CLOCK_AGREEMENT = 0.25
+# A raced baseline whose fastest block is slower than the clean phase's fastest by more than
+# this was slowed down by its rival. The fastest, not the median: noise on a shared machine
+# slows some blocks, a rival that slows the baseline slows every one.
+# Between the margin and GROSSLY_SLOWED the result is transient (retried: it may be the machine),
+# past it failed.
+SLOWED_MARGIN = 0.5
+GROSSLY_SLOWED = 2.0
+
+
+class Cheated(Exception):
+    """The race shows the candidate tampered with it: `kind` is a failure_kind."""
+
+    def __init__(self, reason: str, kind: str, transient: bool = False) -> None:
+        super().__init__(reason)
+        self.reason, self.kind, self.transient = reason, kind, transient
+
+
+@dataclass(frozen=True)
+class Budget:
+    warmup: int = 1  # untimed blocks: compilation, allocation, caches (the candidate's, the clean baseline's)
+    min_rounds: int = 8
+    max_rounds: int = 200
+    # Per scenario, once past min_rounds: the clean baseline's blocks and both sides' in the race.
+    seconds: float = 0.8
+    clean_blocks: int = 3
+    block_seconds: float = BLOCK_SECONDS
+
+
+@dataclass(frozen=True)
+class Block:
+    parent: float  # seconds between "start" and "end", by the supervisor's clock
+    child: float  # the same, by the timing process's own clock
+    calls: int
+    digest: str  # of the block's last output
+
+    @property
+    def per_call(self) -> float:
+        return self.parent / max(self.calls, 1)
+
+
+class Worker(Protocol):
+    def block(self, command: dict) -> Block: ...
+
+    def pause(self) -> None: ...
+
+    def resume(self) -> None: ...
+
+
+def spread(times: Sequence[float]) -> float:
+    """Interquartile range over the median: how noisy a series of timings was (0 under 4 of them)."""
+    median = statistics.median(times) if times else 0.0
+    if len(times) < 4 or not median:
+        return 0.0
+    q1, _, q3 = statistics.quantiles(times, n=4)
+    return (q3 - q1) / median
+
+
+@dataclass(frozen=True)
+class Side:
+    blocks: tuple[Block, ...]
+
+    @property
+    def seconds(self) -> list[float]:
+        return [b.per_call for b in self.blocks]
+
+    @property
+    def median_us(self) -> float:
+        return statistics.median(self.seconds) * 1e6
+
+    @property
+    def fastest_us(self) -> float:
+        return min(self.seconds) * 1e6
+
+    @property
+    def spread(self) -> float:
+        return spread(self.seconds)
+
+
+@dataclass(frozen=True)
+class Clean:
+    calls: int  # per block, for this scenario, both sides
+    baseline: Side
+    handshake: float  # seconds: a block of no calls
+    seconds: float  # the whole clean phase took, wall clock
+
+
+@dataclass(frozen=True)
+class Race:
+    candidate: Side
+    baseline: Side
+    clean: Clean
+
+    @property
+    def speedup(self) -> float:
+        return self.baseline.median_us / self.candidate.median_us
+
+    @property
+    def spread(self) -> float:
+        """The noisier side's relative interquartile spread."""
+        return max(self.candidate.spread, self.baseline.spread)
+
+    @property
+    def handshake_fraction(self) -> float:
+        return self.clean.handshake / statistics.median(b.parent for b in self.candidate.blocks + self.baseline.blocks)
+
+
+def _seed() -> int:
+    return int.from_bytes(os.urandom(4), "little")
+
+
+@dataclass
+class Seeds:
+    """Block commands for one scenario: fresh query seeds every call, keys from two sets in turn
+    (a 32k cache is large; two sets move twice its size through any on-chip cache between reads)."""
+
+    scenario: str
+    kv: tuple[int, int] = (0, 0)
+    _calls: int = 0
+
+    def __post_init__(self) -> None:
+        self.kv = (_seed(), _seed())
+
+    def block(self, calls: int) -> dict:
+        kv = [self.kv[(self._calls + i) % 2] for i in range(calls)]
+        self._calls += calls
+        return {"op": "block", "scenario": self.scenario, "seeds": [_seed() for _ in range(calls)], "kv": kv}
+
+
+def clean(baseline: Worker, scenario: str, query_bytes: int, budget: Budget = Budget()) -> Clean:
+    """The baseline alone: warm-up, the calls per block, the handshake's cost, then clean blocks."""
+    seeds, started = Seeds(scenario), time.monotonic()
+    for _ in range(budget.warmup):
+        baseline.block(seeds.block(1))
+    handshake = min(baseline.block(seeds.block(0)).parent for _ in range(2))
+    one = min(baseline.block(seeds.block(1)).parent for _ in range(2))
+    most = max(1, MAX_QUERY_BYTES // max(query_bytes, 1))
+    calls = max(1, min(most, math.ceil(budget.block_seconds / max(one - handshake, 1e-7))))
+    side = Side(tuple(baseline.block(seeds.block(calls)) for _ in range(budget.clean_blocks)))
+    return Clean(calls, side, handshake, time.monotonic() - started)
+
+
+def race(candidate: Worker, baseline: Worker, scenario: str, before: Clean, budget: Budget = Budget(),
+         slowed: bool = True) -> Race:
+    """Alternating blocks of `before.calls` calls, the candidate stopped while the baseline runs;
+    judged (without the baseline_slowed check unless `slowed`)."""
+    seeds = Seeds(scenario)
+
+    def run(worker: Worker, command: dict) -> Block:
+        if worker is baseline:
+            candidate.pause()
+            try:
+                return baseline.block(command)
+            finally:
+                candidate.resume()
+        return candidate.block(command)
+
+    for _ in range(budget.warmup):  # the baseline's process is warm from its clean blocks
+        candidate.block(seeds.block(before.calls))
+    ours, theirs = [], []
+    started = time.monotonic() - before.seconds
+    for r in range(max(budget.max_rounds, 1)):
+        if r >= budget.min_rounds and time.monotonic() - started > budget.seconds:
+            break
+        command = seeds.block(before.calls)
+        for worker in ((candidate, baseline) if r % 2 == 0 else (baseline, candidate)):
+            (ours if worker is candidate else theirs).append(run(worker, command))
+    result = Race(Side(tuple(ours)), Side(tuple(theirs)), before)
+    judge(scenario, result, slowed)
+    return result
+
+
+def judge(scenario: str, result: Race, slowed: bool = True) -> None:
+    """Raise Cheated when the race shows tampering."""
+    ours = result.candidate.blocks
+    parent, child = sum(b.parent for b in ours), sum(b.child for b in ours)
+    if not (1 - CLOCK_AGREEMENT) * parent <= child <= (1 + CLOCK_AGREEMENT) * parent:
+        raise Cheated(f"{scenario}: timing tampered with: the candidate's process clocked its blocks at "
+                      f"{child * 1e3:.1f} ms, the supervisor at {parent * 1e3:.1f} ms", "timing_tampered")
+    clean_us, raced_us = result.clean.baseline.fastest_us, result.baseline.fastest_us
+    if slowed and raced_us > clean_us * (1 + SLOWED_MARGIN):
+        gross = raced_us > clean_us * GROSSLY_SLOWED
+        why = "the candidate slowed its rival down" if gross else "the candidate slowed it, or the machine is busy"
+        raise Cheated(f"{scenario}: the baseline ran no faster than {raced_us:.1f} us per call against the "
+                      f"candidate, {clean_us:.1f} us alone: {why}", "baseline_slowed", transient=not gross)

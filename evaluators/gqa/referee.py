@@ -1,0 +1,214 @@
+"""A timed evaluation as the supervisor runs it: two timing processes, one clock (standard library only).
+
+    start the baseline's process (--baseline) and the candidate's (--child), each with a channel
+    baseline: bandwidth, then each scenario timed alone, while the candidate's process waits
+              before loading the candidate
+    candidate: "go" -> it loads the candidate, checks correctness, then for each scenario says
+              "ready" and serves the race's blocks (race.py) until "done"
+    the candidate's process writes what it checked and exits; report.py adds the speed
+
+Whatever the candidate does, the figures of speed are this process's: the child's result file
+carries its checks, never a time. A child that dies, hangs or fails is classified as before
+(supervise.classify); a race that shows tampering fails with race.py's kind; a process the
+candidate started (found as a descendant of its process, or as an orphan: this process is the
+children's subreaper) fails it as background_work.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import os
+import signal
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from evaluators.gqa import bandwidth, faults, race, report
+from evaluators.gqa.channel import Closed, Garbled, TimedOut
+from evaluators.gqa.shapes import select
+from evaluators.gqa.supervise import REAP_SECONDS, Running, _forward_signals, _restore_signals, classify, collect, start
+
+PR_SET_CHILD_SUBREAPER = 36
+
+
+class BaselineFailed(Exception):
+    """The baseline's process failed: the harness's own trouble (or a busy device), not the candidate's."""
+
+    def __init__(self, error: str, traceback: str = "") -> None:
+        super().__init__(error)
+        self.traceback = traceback
+
+
+@dataclass
+class Endpoint:
+    """One timing process, as the race sees it (race.Worker)."""
+
+    running: Running
+    deadline: float
+    name: str
+    stoppable: bool = False  # the candidate's: stopped while the baseline runs
+
+    def receive(self, *ops: str) -> tuple[dict, int]:
+        message, arrived = self.running.channel.receive(self.deadline)
+        if message["op"] == "error" and self.name == "baseline":
+            raise BaselineFailed(str(message.get("error", "")), str(message.get("traceback", "")))
+        if message["op"] not in ops:
+            raise Garbled(f"{message['op']!r} where the {self.name}'s process should say {' or '.join(ops)}")
+        return message, arrived
+
+    def send(self, message: dict) -> None:
+        self.running.channel.send(message)
+
+    def block(self, command: dict) -> race.Block:
+        self.send(command)
+        _, started = self.receive("start")
+        end, ended = self.receive("end")
+        checked, _ = self.receive("checked")
+        try:
+            child = float(end["seconds"])
+        except (KeyError, TypeError, ValueError):
+            raise Garbled(f"an end without its seconds: {end}") from None
+        return race.Block((ended - started) * 1e-9, child, len(command["seeds"]), str(checked.get("digest")))
+
+    def pause(self) -> None:
+        if self.stoppable:
+            os.killpg(self.running.proc.pid, signal.SIGSTOP)
+
+    def resume(self) -> None:
+        if self.stoppable:
+            os.killpg(self.running.proc.pid, signal.SIGCONT)
+
+
+def _subreaper() -> None:
+    """Orphans of our children become ours, where strays() finds them (Linux; elsewhere a no-op)."""
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_CHILD_SUBREAPER, 1)
+    except (OSError, AttributeError):
+        pass
+
+
+def _parents() -> dict[int, int]:
+    found = {}
+    for entry in os.listdir("/proc") if os.path.isdir("/proc") else ():
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    stat = f.read()
+            except OSError:
+                continue
+            found[int(entry)] = int(stat[stat.rindex(")") + 2:].split()[1])
+    return found
+
+
+def strays(candidate: int, known: set[int]) -> list[int]:
+    """Processes the candidate's process started: its descendants, and orphans handed to us."""
+    parents = _parents()
+    found, todo = [], [candidate, *(p for p, parent in parents.items() if parent == os.getpid() and p not in known)]
+    while todo:
+        pid = todo.pop()
+        if pid != candidate:
+            found.append(pid)
+        todo += [p for p, parent in parents.items() if parent == pid]
+    return found
+
+
+@dataclass
+class Raced:
+    scenarios: list
+    races: dict
+    peaks: dict
+    device: bandwidth.Bandwidth
+
+
+def drive(baseline: Endpoint, candidate: Endpoint, budget: race.Budget) -> Raced | dict:
+    """The race, or a hook result that ends the evaluation (raises Closed when the candidate's process ends)."""
+    ready, _ = baseline.receive("ready", "unavailable")
+    if ready["op"] == "unavailable":
+        return faults.failure("backend_unavailable", str(ready.get("reason")), False, {}, {})
+    scenarios = select(",".join(ready["scenarios"]))
+    device = bandwidth.Bandwidth(**ready["bandwidth"])
+    candidate.receive("loaded")
+    cleans, peaks = {}, {}
+    for s in scenarios:
+        cleans[s.name] = race.clean(baseline, s.name, s.query_bytes, budget)
+        baseline.send({"op": "peak", "scenario": s.name})
+        peaks[s.name] = int(baseline.receive("peak")[0]["bytes"])
+    candidate.send({"op": "go"})
+    raced = Raced(scenarios, {}, peaks, device)
+    for s in scenarios:
+        said, _ = candidate.receive("ready")
+        if said.get("scenario") != s.name:
+            raise Garbled(f"ready for {said.get('scenario')!r} where {s.name!r} comes next")
+        raced.races[s.name] = race.race(candidate, baseline, s.name, cleans[s.name], budget)
+        started = strays(candidate.running.proc.pid, {baseline.running.proc.pid, candidate.running.proc.pid})
+        if started:
+            return faults.failure("background_work", f"{s.name}: the candidate started processes of its own "
+                                  f"(pids {', '.join(map(str, started[:5]))}) during the evaluation", False, {}, {})
+        candidate.send({"op": "done"})
+    return raced
+
+
+def run(script: str, argv: list[str], args: argparse.Namespace) -> dict:
+    budget = race.Budget() if args.seconds is None else race.Budget(seconds=args.seconds)
+    deadline = time.monotonic() + args.timeout
+    _subreaper()
+    with tempfile.TemporaryDirectory(prefix="gqa-eval-") as tmp:
+        ours = start([sys.executable, script, "--baseline", *argv], Path(tmp) / "baseline", channel=True)
+        theirs = start([sys.executable, script, "--child", *argv], Path(tmp) / "candidate", channel=True)
+        previous = _forward_signals([ours.proc.pid, theirs.proc.pid])
+        try:
+            baseline = Endpoint(ours, deadline, "baseline")
+            candidate = Endpoint(theirs, deadline, "candidate", stoppable=True)
+            outcome = _outcome(baseline, candidate, budget)
+            if isinstance(outcome, dict):  # decided by the race: the candidate's process is not waited for
+                candidate.running.proc.kill()
+            try:
+                baseline.send({"op": "quit"})
+            except OSError:
+                pass
+            child = collect(theirs, 0 if isinstance(outcome, dict) else deadline - time.monotonic())
+            collect(ours, REAP_SECONDS)
+        finally:
+            _restore_signals(previous)
+    if isinstance(outcome, dict):
+        return {**outcome, "metrics": {**child.metrics, **outcome["metrics"]}}
+    result = classify(child, args.timeout)
+    if result.get("status") != "ok":
+        return result
+    if outcome is None:
+        return faults.failure("timing_tampered", "the candidate's process reported success without being timed",
+                              False, result.get("metrics", {}), result.get("artifacts", {}))
+    return report.assemble(result, outcome.scenarios, outcome.races, outcome.peaks, outcome.device,
+                           args.allow_identical)
+
+
+def _outcome(baseline: Endpoint, candidate: Endpoint, budget: race.Budget) -> Raced | dict | None:
+    """Raced; a hook result that ends it here; or None: the candidate's process ended, and its
+    result file says how."""
+    try:
+        return drive(baseline, candidate, budget)
+    except (Closed, TimedOut) as e:
+        if baseline.running.proc.poll() is not None:
+            return _baseline_failed(baseline, f"the baseline's process exited: {e}")
+        return None  # the candidate's process died, failed or hung: collect() and classify() tell which
+    except BaselineFailed as e:
+        return _baseline_failed(baseline, str(e), e.traceback)
+    except race.Cheated as e:
+        return faults.failure(e.kind, e.reason, e.transient, {}, {})
+    except (Garbled, KeyError, TypeError, ValueError) as e:
+        return faults.failure("timing_tampered", f"the timing channel carried what the harness does not send: {e}",
+                              False, {}, {})
+
+
+def _baseline_failed(baseline: Endpoint, why: str, traceback: str = "") -> dict:
+    stderr = collect(baseline.running, REAP_SECONDS).stderr
+    evidence = {"stderr": stderr, **({"traceback": traceback} if traceback else {})}
+    text = f"{why}\n{stderr}"
+    if faults.classify(text) == "transient":
+        return faults.failure(faults.transient_kind(text), f"the device is not available now: "
+                              f"{faults.telling_line(text, 'transient')}", True, {}, evidence)
+    return faults.failure("evaluator_error", f"the baseline's process failed: {faults.telling_line(text)}", False,
+                          {}, evidence)
