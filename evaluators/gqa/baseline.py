@@ -2,7 +2,8 @@
 process that never loads candidate code, so nothing a candidate does can reach the function it
 races, nor slow it down from inside.
 
-It measures the device's bandwidth first (nothing else runs yet), then serves the supervisor:
+It measures the device's bandwidth first (while the supervisor holds the candidate's process
+stopped), then serves the supervisor:
 
     block   time one block of calls (timing.py)
     peak    the bytes one call holds at its peak, on fresh inputs of a scenario
@@ -48,6 +49,8 @@ def serve(channel: Channel, args: argparse.Namespace) -> None:
         channel.send({"op": "unavailable", "reason": str(e)})
         return
     scenarios = {s.name: s for s in select(args.scenarios or chosen.scenario_set)}
+    channel.send({"op": "hello"})
+    channel.receive()  # "measure": the supervisor has stopped the candidate's process
     device = bandwidth.measure()
     channel.send({"op": "ready", "backend": backend.current(), "device": str(mx.default_device()),
                   "scenarios": list(scenarios), "bandwidth": dataclasses.asdict(device)})

@@ -1,10 +1,10 @@
 """A timed evaluation as the supervisor runs it: two timing processes, one clock (standard library only).
 
-    start the baseline's process (--baseline) and the candidate's (--child), each with a channel
-    baseline: bandwidth, then each scenario timed alone, while the candidate's process waits
-              before loading the candidate
-    candidate: "go" -> it loads the candidate, checks correctness, then for each scenario says
-              "ready" and serves the race's blocks (race.py) until "done"
+    start the baseline's process (--baseline) and the candidate's (--child), each with a channel;
+    the candidate's loads the candidate and checks correctness meanwhile
+    baseline: bandwidth, measured with the candidate's process stopped
+    candidate: for each scenario it says "ready"; the baseline is timed alone, the candidate's
+              process stopped; then the race (race.py) until "done"
     the candidate's process writes what it checked and exits; report.py adds the speed
 
 Whatever the candidate does, the figures of speed are this process's: the child's result file
@@ -23,8 +23,10 @@ import signal
 import sys
 import tempfile
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 from evaluators.gqa import bandwidth, faults, race, report
 from evaluators.gqa.channel import Closed, Garbled, TimedOut
@@ -115,6 +117,14 @@ def strays(candidate: int, known: set[int]) -> list[int]:
     return found
 
 
+def _kill(pids: list[int]) -> None:
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except OSError:
+            pass
+
+
 @dataclass
 class Raced:
     scenarios: list
@@ -125,30 +135,39 @@ class Raced:
 
 def drive(baseline: Endpoint, candidate: Endpoint, budget: race.Budget) -> Raced | dict:
     """The race, or a hook result that ends the evaluation (raises Closed when the candidate's process ends)."""
-    ready, _ = baseline.receive("ready", "unavailable")
-    if ready["op"] == "unavailable":
-        return faults.failure("backend_unavailable", str(ready.get("reason")), False, {}, {})
+    hello, _ = baseline.receive("hello", "unavailable")
+    if hello["op"] == "unavailable":
+        return faults.failure("backend_unavailable", str(hello.get("reason")), False, {}, {})
+    with _stopped(candidate):
+        baseline.send({"op": "measure"})
+        ready, _ = baseline.receive("ready")
     scenarios = select(",".join(ready["scenarios"]))
-    device = bandwidth.Bandwidth(**ready["bandwidth"])
-    candidate.receive("loaded")
-    cleans, peaks = {}, {}
-    for s in scenarios:
-        cleans[s.name] = race.clean(baseline, s.name, s.query_bytes, budget)
-        baseline.send({"op": "peak", "scenario": s.name})
-        peaks[s.name] = int(baseline.receive("peak")[0]["bytes"])
-    candidate.send({"op": "go"})
-    raced = Raced(scenarios, {}, peaks, device)
+    raced = Raced(scenarios, {}, {}, bandwidth.Bandwidth(**ready["bandwidth"]))
     for s in scenarios:
         said, _ = candidate.receive("ready")
         if said.get("scenario") != s.name:
             raise Garbled(f"ready for {said.get('scenario')!r} where {s.name!r} comes next")
-        raced.races[s.name] = race.race(candidate, baseline, s.name, cleans[s.name], budget)
+        with _stopped(candidate):
+            clean = race.clean(baseline, s.name, s.query_bytes, budget)
+            baseline.send({"op": "peak", "scenario": s.name})
+            raced.peaks[s.name] = int(baseline.receive("peak")[0]["bytes"])
+        raced.races[s.name] = race.race(candidate, baseline, s.name, clean, budget)
         started = strays(candidate.running.proc.pid, {baseline.running.proc.pid, candidate.running.proc.pid})
         if started:
+            _kill(started)
             return faults.failure("background_work", f"{s.name}: the candidate started processes of its own "
                                   f"(pids {', '.join(map(str, started[:5]))}) during the evaluation", False, {}, {})
         candidate.send({"op": "done"})
     return raced
+
+
+@contextmanager
+def _stopped(candidate: Endpoint) -> Iterator[None]:
+    candidate.pause()
+    try:
+        yield
+    finally:
+        candidate.resume()
 
 
 def run(script: str, argv: list[str], args: argparse.Namespace) -> dict:
@@ -171,6 +190,8 @@ def run(script: str, argv: list[str], args: argparse.Namespace) -> dict:
                 pass
             child = collect(theirs, 0 if isinstance(outcome, dict) else deadline - time.monotonic())
             collect(ours, REAP_SECONDS)
+            # Whatever the candidate started that left its process group (orphans come to us) goes too.
+            _kill(strays(theirs.proc.pid, {ours.proc.pid, theirs.proc.pid}))
         finally:
             _restore_signals(previous)
     if isinstance(outcome, dict):

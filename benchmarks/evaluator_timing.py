@@ -1,0 +1,94 @@
+#!/usr/bin/env python3
+"""The GQA evaluator's timing before and after a change, side by side in one run (issue #15).
+
+    python benchmarks/evaluator_timing.py [--before REF] [--repeats N] [--seconds S] [--backend cpu]
+
+Runs the hook as of `--before` (default: the commit before the supervisor took the clock) and as
+of the working tree on the same candidate (examples/gqa-mlx/attention.py, the honest initial
+program), alternating before/after/after/before so that drift on a shared machine falls on both,
+and prints per scenario the median speedup each method reports (with the spread over repeats),
+their difference, and the median wall time of one evaluation. The old hook runs from a
+`git worktree` of REF, with PYTHONPATH pointing at it, so it imports its own harness.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from tabulate import tabulate
+
+ROOT = Path(__file__).resolve().parent.parent
+BEFORE = "a96251c"  # hookkit landed; the clock was still in the candidate's process
+RESULTS = ROOT / "benchmarks" / "results"
+
+
+def evaluate(root: Path, args: argparse.Namespace) -> tuple[dict, float]:
+    env = {**os.environ, "PYTHONPATH": str(root)}
+    env.pop("GITEVOLVE_STAGE", None)
+    started = time.monotonic()
+    out = subprocess.run([sys.executable, str(root / "hooks" / "gqa_mlx.py"), "--backend", args.backend,
+                          "--seconds", str(args.seconds), "--file", str(ROOT / "examples" / "gqa-mlx" / "attention.py")],
+                         cwd=ROOT / "examples" / "gqa-mlx", env=env, capture_output=True, text=True)
+    seconds = time.monotonic() - started
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    if result.get("status") != "ok":
+        raise SystemExit(f"{root}: the hook said {result.get('status')}: {result.get('reason')}")
+    return result, seconds
+
+
+def _spread(values: list[float]) -> str:
+    if len(values) < 2:
+        return ""
+    return f"{(max(values) - min(values)) / statistics.median(values):.0%}"
+
+
+def main(argv: list[str]) -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--before", default=BEFORE)
+    p.add_argument("--repeats", type=int, default=6, help="evaluations per method")
+    p.add_argument("--seconds", type=float, default=0.8, help="the hook's --seconds, as .gitevolve.yml sets it")
+    p.add_argument("--backend", default="cpu")
+    args = p.parse_args(argv)
+    with tempfile.TemporaryDirectory(prefix="gqa-before-") as tmp:
+        old = Path(tmp) / "before"
+        subprocess.run(["git", "worktree", "add", "--detach", "--quiet", str(old), args.before], cwd=ROOT, check=True)
+        try:
+            runs = {"before": [], "after": []}
+            for i in range(args.repeats):
+                for method in (("before", "after") if i % 2 == 0 else ("after", "before")):
+                    runs[method].append(evaluate(old if method == "before" else ROOT, args))
+                    print(f"  {method} {len(runs[method])}/{args.repeats}: {runs[method][-1][1]:.1f} s", file=sys.stderr)
+        finally:
+            subprocess.run(["git", "worktree", "remove", "--force", str(old)], cwd=ROOT, check=False)
+    names = [k.split(".", 1)[1] for k in runs["after"][0][0]["metrics"] if k.startswith("speedup.")]
+    rows, record = [], {"before": args.before, "repeats": args.repeats, "seconds": args.seconds, "scenarios": {}}
+    for name in [*names, "score"]:
+        got = {m: [r["score"] if name == "score" else r["metrics"][f"speedup.{name}"] for r, _ in runs[m]]
+               for m in runs}
+        before, after = statistics.median(got["before"]), statistics.median(got["after"])
+        rows.append([name, f"{before:.3f}", _spread(got["before"]), f"{after:.3f}", _spread(got["after"]),
+                     f"{after / before - 1:+.1%}"])
+        record["scenarios"][name] = got
+    wall = {m: [s for _, s in runs[m]] for m in runs}
+    rows.append(["evaluation s", f"{statistics.median(wall['before']):.2f}", _spread(wall["before"]),
+                 f"{statistics.median(wall['after']):.2f}", _spread(wall["after"]),
+                 f"{statistics.median(wall['after']) / statistics.median(wall['before']) - 1:+.1%}"])
+    record["evaluation_seconds"] = wall
+    print(tabulate(rows, headers=["speedup (median)", "before", "range", "after", "range", "after/before"]))
+    print(f"\n{args.repeats} evaluations per method, interleaved; range = (max - min) / median over them.")
+    RESULTS.mkdir(exist_ok=True)
+    path = RESULTS / f"evaluator_timing-{args.backend}.json"
+    path.write_text(json.dumps(record, indent=1) + "\n")
+    print(f"saved {path.relative_to(ROOT)}")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
