@@ -170,13 +170,24 @@ def _stopped(candidate: Endpoint) -> Iterator[None]:
         candidate.resume()
 
 
+def timing_cpus(backend: str) -> frozenset[int] | None:
+    """On the CPU backend, one core for both timing processes: the two sides then compute on the
+    same core and its caches, as they did in one process. Left to the scheduler, the 2-core
+    development machine put them on different cores, and one evaluation's score varied 20%
+    against 4% pinned (benchmarks/evaluator_timing.py). A GPU's host threads are left free."""
+    if backend != "cpu" or not hasattr(os, "sched_getaffinity"):
+        return None
+    return frozenset({max(os.sched_getaffinity(0))})
+
+
 def run(script: str, argv: list[str], args: argparse.Namespace) -> dict:
     budget = race.Budget() if args.seconds is None else race.Budget(seconds=args.seconds)
     deadline = time.monotonic() + args.timeout
+    cpus = timing_cpus(args.backend)
     _subreaper()
     with tempfile.TemporaryDirectory(prefix="gqa-eval-") as tmp:
-        ours = start([sys.executable, script, "--baseline", *argv], Path(tmp) / "baseline", channel=True)
-        theirs = start([sys.executable, script, "--child", *argv], Path(tmp) / "candidate", channel=True)
+        ours = start([sys.executable, script, "--baseline", *argv], Path(tmp) / "baseline", channel=True, cpus=cpus)
+        theirs = start([sys.executable, script, "--child", *argv], Path(tmp) / "candidate", channel=True, cpus=cpus)
         previous = _forward_signals([ours.proc.pid, theirs.proc.pid])
         try:
             baseline = Endpoint(ours, deadline, "baseline")

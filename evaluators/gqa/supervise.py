@@ -62,6 +62,15 @@ def _die_with_parent() -> None:
         pass
 
 
+def _before_exec(cpus: frozenset[int] | None):
+    def prepare() -> None:
+        _die_with_parent()
+        if cpus:
+            os.sched_setaffinity(0, cpus)  # inherited by every thread the child starts
+
+    return prepare
+
+
 def _read(path: Path, tail: int) -> str:
     try:
         data = path.read_bytes()
@@ -95,9 +104,10 @@ class Running:
     channel: Channel | None = None
 
 
-def start(command: list[str], files: Path, channel: bool = False, env: dict | None = None) -> Running:
+def start(command: list[str], files: Path, channel: bool = False, env: dict | None = None,
+          cpus: frozenset[int] | None = None) -> Running:
     """Start `command` in a process group of its own, its output into `files`/{stdout,stderr}, with
-    --result-file `files`/result.json, and with --channel when `channel`."""
+    --result-file `files`/result.json, with --channel when `channel`, on `cpus` if given."""
     files.mkdir(parents=True, exist_ok=True)
     environ = {**(os.environ if env is None else env), "PYTHONFAULTHANDLER": "1"}
     ours = theirs = None
@@ -111,7 +121,7 @@ def start(command: list[str], files: Path, channel: bool = False, env: dict | No
         proc = subprocess.Popen(
             [*command, *extra], stdin=subprocess.DEVNULL, stdout=out, stderr=err, env=environ,
             start_new_session=True, pass_fds=theirs or (),
-            preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None)
+            preexec_fn=_before_exec(cpus) if sys.platform.startswith("linux") else None)
     for fd in theirs or ():
         os.close(fd)
     return Running(proc, files, time.monotonic(), ours)
