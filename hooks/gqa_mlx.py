@@ -45,9 +45,14 @@ def main(argv: list[str]) -> dict:
         from evaluators.gqa import child
 
         child.main(args)  # writes its result and exits
-    from evaluators.gqa import supervise
+    script = str(Path(__file__).resolve())
+    if args.stage == "correctness":
+        from evaluators.gqa import supervise
 
-    return supervise.main(str(Path(__file__).resolve()), argv, args)
+        return supervise.main(script, argv, args)
+    from evaluators.gqa import referee
+
+    return referee.run(script, argv, args)  # timed: the baseline races in a process of its own
 
 
 if __name__ == "__main__":

@@ -45,9 +45,9 @@ GROSSLY_SLOWED = 2.0
 class Cheated(Exception):
     """The race shows the candidate tampered with it: `kind` is a failure_kind."""
 
-    def __init__(self, reason: str, kind: str, transient: bool = False) -> None:
+    def __init__(self, reason: str, kind: str, transient: bool = False, race: "Race | None" = None) -> None:
         super().__init__(reason)
-        self.reason, self.kind, self.transient = reason, kind, transient
+        self.reason, self.kind, self.transient, self.race = reason, kind, transient, race
 
 
 @dataclass(frozen=True)
@@ -219,4 +219,5 @@ def judge(scenario: str, result: Race, slowed: bool = True) -> None:
         gross = raced_us > clean_us * GROSSLY_SLOWED
         why = "the candidate slowed its rival down" if gross else "the candidate slowed it, or the machine is busy"
         raise Cheated(f"{scenario}: the baseline ran no faster than {raced_us:.1f} us per call against the "
-                      f"candidate, {clean_us:.1f} us alone: {why}", "baseline_slowed", transient=not gross)
+                      f"candidate, {clean_us:.1f} us alone: {why}", "baseline_slowed", transient=not gross,
+                      race=result)

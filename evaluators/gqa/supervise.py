@@ -152,14 +152,14 @@ def run_child(command: list[str], timeout: float, env: dict | None = None) -> Ch
     """Run `command` with --result-file added, in a process group of its own, for at most `timeout` s."""
     with tempfile.TemporaryDirectory(prefix="gqa-eval-") as tmp:
         running = start(command, Path(tmp), env=env)
-        previous = _forward_signals([running.proc.pid])
+        previous = forward_signals([running.proc.pid])
         try:
             return collect(running, timeout)
         finally:
-            _restore_signals(previous)
+            restore_signals(previous)
 
 
-def _forward_signals(groups: list[int]) -> dict:
+def forward_signals(groups: list[int]) -> dict:
     """gitevolve stops a hook by signalling the hook's group, which the children have left: take
     their groups down with us."""
 
@@ -174,7 +174,7 @@ def _forward_signals(groups: list[int]) -> dict:
     return previous
 
 
-def _restore_signals(previous: dict) -> None:
+def restore_signals(previous: dict) -> None:
     for sig, handler in previous.items():
         signal.signal(sig, handler)
 
@@ -222,11 +222,7 @@ def _failure(child: Child, kind: str, transient: bool, reason: str, artifacts: d
 
 def main(script: str, argv: list[str], args: argparse.Namespace) -> dict:
     """Evaluate as `script --child argv` would (`args`: argv parsed), supervised; `script` is the
-    hook file itself, so the children import the harness the same way the hook did. A timed
-    stage races the baseline in a process of its own (referee.py)."""
-    if args.stage != "correctness":
-        from evaluators.gqa import referee
-
-        return referee.run(script, argv, args)
+    hook file itself, so the child imports the harness the same way the hook did. This is the
+    correctness stage; a timed stage races the baseline as well (referee.run)."""
     child = run_child([sys.executable, script, "--child", *argv], args.timeout)
     return classify(child, args.timeout)
