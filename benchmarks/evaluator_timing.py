@@ -1,14 +1,17 @@
 #!/usr/bin/env python3
 """The GQA evaluator's timing before and after a change, side by side in one run (issue #15).
 
-    python benchmarks/evaluator_timing.py [--before REF] [--repeats N] [--seconds S] [--backend cpu]
+    python benchmarks/evaluator_timing.py [--before REF | --before-dir DIR] [--repeats N] [--seconds S]
+        [--backend cpu] [--file attention.py] [--scenarios SET] [--timeout T]
 
 Runs the hook as of `--before` (default: the commit before the supervisor took the clock) and as
 of the working tree on the same candidate (examples/gqa-mlx/attention.py, the honest initial
 program), alternating before/after/after/before so that drift on a shared machine falls on both,
 and prints per scenario the median speedup each method reports (with the spread over repeats),
 their difference, and the median wall time of one evaluation. The old hook runs from a
-`git worktree` of REF, with PYTHONPATH pointing at it, so it imports its own harness.
+`git worktree` of REF (or from DIR, `git archive REF evaluators hooks gitevolve/__init__.py
+gitevolve/hookkit.py` unpacked, where there is no git), with PYTHONPATH pointing at it, so it
+imports its own harness. On a GPU: --backend cuda --scenarios gpu --timeout 190 --file <the pick>.
 """
 
 from __future__ import annotations
@@ -31,12 +34,13 @@ RESULTS = ROOT / "benchmarks" / "results"
 
 
 def evaluate(root: Path, args: argparse.Namespace) -> tuple[dict, float]:
-    env = {**os.environ, "PYTHONPATH": str(root)}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(root), os.environ.get("PYTHONPATH")]))}
     env.pop("GITEVOLVE_STAGE", None)
     started = time.monotonic()
+    extra = [*(["--scenarios", args.scenarios] if args.scenarios else []), "--timeout", str(args.timeout)]
     out = subprocess.run([sys.executable, str(root / "hooks" / "gqa_mlx.py"), "--backend", args.backend,
-                          "--seconds", str(args.seconds), "--file", str(ROOT / "examples" / "gqa-mlx" / "attention.py")],
-                         cwd=ROOT / "examples" / "gqa-mlx", env=env, capture_output=True, text=True)
+                          "--seconds", str(args.seconds), "--file", str(args.file), *extra],
+                         cwd=args.file.parent, env=env, capture_output=True, text=True)
     seconds = time.monotonic() - started
     result = json.loads(out.stdout.strip().splitlines()[-1])
     if result.get("status") != "ok":
@@ -56,10 +60,16 @@ def main(argv: list[str]) -> None:
     p.add_argument("--repeats", type=int, default=6, help="evaluations per method")
     p.add_argument("--seconds", type=float, default=0.8, help="the hook's --seconds, as .gitevolve.yml sets it")
     p.add_argument("--backend", default="cpu")
+    p.add_argument("--file", type=Path, default=ROOT / "examples" / "gqa-mlx" / "attention.py")
+    p.add_argument("--scenarios", default=None)
+    p.add_argument("--timeout", type=float, default=50.0)
+    p.add_argument("--before-dir", type=Path, default=None)
     args = p.parse_args(argv)
+    args.file = args.file.resolve()
     with tempfile.TemporaryDirectory(prefix="gqa-before-") as tmp:
-        old = Path(tmp) / "before"
-        subprocess.run(["git", "worktree", "add", "--detach", "--quiet", str(old), args.before], cwd=ROOT, check=True)
+        old = args.before_dir.resolve() if args.before_dir else Path(tmp) / "before"
+        if not args.before_dir:
+            subprocess.run(["git", "worktree", "add", "--detach", "--quiet", str(old), args.before], cwd=ROOT, check=True)
         try:
             runs = {"before": [], "after": []}
             for i in range(args.repeats):
@@ -67,7 +77,8 @@ def main(argv: list[str]) -> None:
                     runs[method].append(evaluate(old if method == "before" else ROOT, args))
                     print(f"  {method} {len(runs[method])}/{args.repeats}: {runs[method][-1][1]:.1f} s", file=sys.stderr)
         finally:
-            subprocess.run(["git", "worktree", "remove", "--force", str(old)], cwd=ROOT, check=False)
+            if not args.before_dir:
+                subprocess.run(["git", "worktree", "remove", "--force", str(old)], cwd=ROOT, check=False)
     names = [k.split(".", 1)[1] for k in runs["after"][0][0]["metrics"] if k.startswith("speedup.")]
     rows, record = [], {"before": args.before, "repeats": args.repeats, "seconds": args.seconds, "scenarios": {}}
     for name in [*names, "score"]:
@@ -82,6 +93,7 @@ def main(argv: list[str]) -> None:
                  f"{statistics.median(wall['after']):.2f}", _spread(wall["after"]),
                  f"{statistics.median(wall['after']) / statistics.median(wall['before']) - 1:+.1%}"])
     record["evaluation_seconds"] = wall
+    record["results"] = {m: [r for r, _ in runs[m]] for m in runs}
     print(tabulate(rows, headers=["speedup (median)", "before", "range", "after", "range", "after/before"]))
     print(f"\n{args.repeats} evaluations per method, interleaved; range = (max - min) / median over them.")
     RESULTS.mkdir(exist_ok=True)
