@@ -504,3 +504,11 @@ def test_a_dead_child_is_classified_by_its_stderr(stderr, kind, status):
     if kind == "compile_error":
         assert result["artifacts"]["compile_error"] == stderr
         assert "error:" in result["reason"]
+
+
+def test_the_timing_processes_share_one_core_on_the_cpu_backend_only():
+    from evaluators.gqa.referee import timing_cpus
+
+    cpus = timing_cpus("cpu")
+    assert len(cpus) == 1 and cpus <= os.sched_getaffinity(0)
+    assert timing_cpus("cuda") is None and timing_cpus("auto") is None

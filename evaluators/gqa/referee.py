@@ -186,7 +186,16 @@ def timing_cpus(backend: str) -> frozenset[int] | None:
     against 4% pinned (benchmarks/evaluator_timing.py). A GPU's host threads are left free."""
     if backend != "cpu" or not hasattr(os, "sched_getaffinity"):
         return None
-    return frozenset({max(os.sched_getaffinity(0))})
+    allowed = os.sched_getaffinity(0)
+    # The core this process last ran on: the scheduler spreads hooks that gitevolve runs in
+    # parallel over the cores, so parallel evaluations are not all stacked on one.
+    try:
+        with open("/proc/self/stat") as f:
+            stat = f.read()
+        current = int(stat[stat.rindex(")") + 2:].split()[36])
+    except (OSError, ValueError, IndexError):
+        current = -1
+    return frozenset({current if current in allowed else max(allowed)})
 
 
 def run(script: str, argv: list[str], args: argparse.Namespace) -> dict:
