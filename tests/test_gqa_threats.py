@@ -117,7 +117,7 @@ def _find():
             pass
     raise RuntimeError("no baseline reachable")
 '''
-    body = f"    return _find()(queries, keys, values, scale=scale, mask='causal' if causal else None)\n"
+    body = "    return _find()(queries, keys, values, scale=scale, mask='causal' if causal else None)\n"
     caught(hook(tmp_path, "--file", str(cheat(tmp_path, body, prelude))), "exception", "no baseline reachable")
 
 
@@ -204,7 +204,7 @@ def test_an_answer_cached_by_the_keys_buffer_is_caught_while_timed(tmp_path):
 
 
 def test_a_precision_cut_is_caught(tmp_path):
-    body = (f"    low = [x.astype(mx.bfloat16) for x in (queries, keys, values)]\n"
+    body = ("    low = [x.astype(mx.bfloat16) for x in (queries, keys, values)]\n"
             "    return _honest(*low, scale, causal).astype(queries.dtype)\n")
     caught(hook(tmp_path, "--file", str(cheat(tmp_path, body))), "wrong_output", "outputs out of tolerance")
 

@@ -55,8 +55,8 @@ class Supervised:
 
     def race(self, scenario, block) -> None:
         self.channel.send({"op": "ready", "scenario": scenario.name})
-        while self._expect("block", "done")["op"] == "block":
-            block(self._last, self.channel.send)
+        while (message := self._expect("block", "done"))["op"] == "block":
+            block(message, self.channel.send)
 
     def finish(self, scenarios, checked: dict) -> dict:
         return checked  # the supervisor adds the speed (report.py)
@@ -65,7 +65,6 @@ class Supervised:
         message, _ = self.channel.receive()
         if message["op"] not in ops:
             raise RuntimeError(f"the supervisor sent {message['op']!r} where {' or '.join(ops)} was due")
-        self._last = message
         return message
 
 

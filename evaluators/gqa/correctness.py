@@ -11,10 +11,9 @@ its inputs would otherwise be judged on its own doctored data.
 
 from __future__ import annotations
 
-import itertools
 import os
 from dataclasses import dataclass
-from typing import Callable, Iterator
+from typing import Callable
 
 import mlx.core as mx
 import numpy as np
@@ -95,18 +94,6 @@ def make_inputs(scenario: Scenario, seed: int | None = None, kv_seed: int | None
 def remake(scenario: Scenario, inputs: Inputs) -> Inputs:
     """A pristine copy of `inputs`, made again from their seeds."""
     return make_inputs(scenario, inputs.seed, inputs.kv_seed)
-
-
-def fresh_rounds(scenario: Scenario, kv_sets: int = 2) -> Iterator[Inputs]:
-    """Inputs without end, no two alike: fresh queries every time (they are small), keys and
-    values from `kv_sets` sets made once (they can be large: a 32k cache)."""
-    sets = [make_inputs(scenario) for _ in range(max(1, kv_sets))]
-    for n in itertools.count():
-        base = sets[n % len(sets)]
-        seed = fresh_seed()
-        q = queries(scenario, seed)
-        mx.eval(q)
-        yield Inputs(q, base.keys, base.values, base.scale, base.causal, seed, base.kv_seed)
 
 
 @dataclass(frozen=True)

@@ -37,9 +37,9 @@ failure_kind is "none" for a passing candidate, else one of
     harness_tampered     it replaced the clock, mx.eval, mx.fast or the harness's own objects,
                          or left a thread running (integrity.py)
     timing_tampered      its process's clock disagreed with the supervisor's, or the timing
-                         channel carried what the harness did not send (race.py, supervise.py)
+                         channel carried what the harness did not send (race.py, referee.py)
     baseline_slowed      the baseline ran slower against it than alone (race.py)
-    background_work      it started a process (supervise.py)
+    background_work      it started a process (referee.py)
 child.py adds backend_unavailable and evaluator_error (the harness itself failed); supervise.py adds
 hang and crash, and tells compile_error, gpu_fault and the transient kinds from a dead child's stderr.
 An output bit-for-bit the baseline's on every timed block scores 0 (report.py).
@@ -64,10 +64,6 @@ from evaluators.gqa.memory import own_out_of_memory, peak_bytes
 from evaluators.gqa.report import PEAK
 from evaluators.gqa.shapes import Scenario, select
 
-# A block runner: runs the timed block `command` asks for, announcing through the callable.
-Block = Callable[[dict, Callable[[dict], None]], None]
-
-
 class Timer(Protocol):
     """Where the clock and the baseline are (module docstring)."""
 
@@ -76,7 +72,7 @@ class Timer(Protocol):
     def prepare(self, scenarios: Sequence[Scenario]) -> None:
         """Before the candidate is loaded."""
 
-    def race(self, scenario: Scenario, block: Block) -> None:
+    def race(self, scenario: Scenario, block: timing.Block) -> None:
         """Have `block` run the candidate's timed blocks for `scenario`, until the race is over."""
 
     def finish(self, scenarios: Sequence[Scenario], checked: dict) -> dict:

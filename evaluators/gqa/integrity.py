@@ -61,10 +61,9 @@ def _library() -> dict[str, object]:
     for name, value in vars(builtins).items():
         if callable(value):
             watched[f"builtins.{name}"] = value
-    for cls in (mx.array,):
-        for name in ("__getitem__", "astype", "view", "reshape", "item", "__array__", "tolist"):
-            if hasattr(cls, name):
-                watched[f"mx.array.{name}"] = getattr(cls, name)
+    for name in ("__getitem__", "astype", "view", "reshape", "item", "__array__", "tolist"):
+        if hasattr(mx.array, name):
+            watched[f"mx.array.{name}"] = getattr(mx.array, name)
     return watched
 
 

@@ -23,8 +23,9 @@ import math
 import os
 import statistics
 import time
-from dataclasses import dataclass
-from typing import Protocol, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Iterator, Protocol, Sequence
 
 BLOCK_SECONDS = 0.02
 MAX_QUERY_BYTES = 256 * 2**20  # the queries one block makes ahead, at most
@@ -82,6 +83,16 @@ class Worker(Protocol):
     def pause(self) -> None: ...
 
     def resume(self) -> None: ...
+
+
+@contextmanager
+def stopped(worker: Worker) -> Iterator[None]:
+    """The worker's process paused while inside (the candidate's, while the baseline runs)."""
+    worker.pause()
+    try:
+        yield
+    finally:
+        worker.resume()
 
 
 def spread(times: Sequence[float]) -> float:
@@ -152,11 +163,8 @@ class Seeds:
     (a 32k cache is large; two sets move twice its size through any on-chip cache between reads)."""
 
     scenario: str
-    kv: tuple[int, int] = (0, 0)
+    kv: tuple[int, int] = field(default_factory=lambda: (_seed(), _seed()))
     _calls: int = 0
-
-    def __post_init__(self) -> None:
-        self.kv = (_seed(), _seed())
 
     def block(self, calls: int) -> dict:
         kv = [self.kv[(self._calls + i) % 2] for i in range(calls)]
@@ -188,11 +196,8 @@ def race(candidate: Worker, baseline: Worker, scenario: str, before: Clean, budg
 
     def run(worker: Worker, command: dict) -> Block:
         if worker is baseline:
-            candidate.pause()
-            try:
+            with stopped(candidate):
                 return baseline.block(command)
-            finally:
-                candidate.resume()
         return candidate.block(command)
 
     for _ in range(budget.warmup):  # the baseline's process is warm from its clean blocks

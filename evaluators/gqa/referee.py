@@ -23,10 +23,8 @@ import signal
 import sys
 import tempfile
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 from evaluators.gqa import bandwidth, faults, race, report
 from evaluators.gqa.channel import Closed, Garbled, TimedOut
@@ -92,28 +90,35 @@ def _subreaper() -> None:
         pass
 
 
-def _parents() -> dict[int, int]:
-    found = {}
+def _stat(pid: int | str) -> list[str]:
+    """/proc/<pid>/stat's fields after the command name (which may hold spaces and parentheses):
+    [0] is field 3 of proc(5), the state; [1] the parent; [36] the CPU it last ran on."""
+    with open(f"/proc/{pid}/stat") as f:
+        stat = f.read()
+    return stat[stat.rindex(")") + 2:].split()
+
+
+def _children() -> dict[int, list[int]]:
+    found: dict[int, list[int]] = {}
     for entry in os.listdir("/proc") if os.path.isdir("/proc") else ():
         if entry.isdigit():
             try:
-                with open(f"/proc/{entry}/stat") as f:
-                    stat = f.read()
-            except OSError:
+                parent = int(_stat(entry)[1])
+            except (OSError, ValueError, IndexError):
                 continue
-            found[int(entry)] = int(stat[stat.rindex(")") + 2:].split()[1])
+            found.setdefault(parent, []).append(int(entry))
     return found
 
 
 def strays(candidate: int, known: set[int]) -> list[int]:
     """Processes the candidate's process started: its descendants, and orphans handed to us."""
-    parents = _parents()
-    found, todo = [], [candidate, *(p for p, parent in parents.items() if parent == os.getpid() and p not in known)]
+    children = _children()
+    found, todo = [], [candidate, *(p for p in children.get(os.getpid(), []) if p not in known)]
     while todo:
         pid = todo.pop()
         if pid != candidate:
             found.append(pid)
-        todo += [p for p, parent in parents.items() if parent == pid]
+        todo += children.get(pid, [])
     return found
 
 
@@ -139,7 +144,7 @@ def drive(baseline: Endpoint, candidate: Endpoint, budget: race.Budget) -> Raced
     hello, _ = baseline.receive("hello", "unavailable")
     if hello["op"] == "unavailable":
         return faults.failure("backend_unavailable", str(hello.get("reason")), False, {}, {})
-    with _stopped(candidate):
+    with race.stopped(candidate):
         baseline.send({"op": "measure"})
         ready, _ = baseline.receive("ready")
     scenarios = select(",".join(ready["scenarios"]))
@@ -148,7 +153,7 @@ def drive(baseline: Endpoint, candidate: Endpoint, budget: race.Budget) -> Raced
         said, _ = candidate.receive("ready")
         if said.get("scenario") != s.name:
             raise Garbled(f"ready for {said.get('scenario')!r} where {s.name!r} comes next")
-        with _stopped(candidate):
+        with race.stopped(candidate):
             clean = race.clean(baseline, s.name, s.query_bytes, budget)
             baseline.send({"op": "peak", "scenario": s.name})
             raced.peaks[s.name] = int(baseline.receive("peak")[0]["bytes"])
@@ -170,15 +175,6 @@ def drive(baseline: Endpoint, candidate: Endpoint, budget: race.Budget) -> Raced
     return raced
 
 
-@contextmanager
-def _stopped(candidate: Endpoint) -> Iterator[None]:
-    candidate.pause()
-    try:
-        yield
-    finally:
-        candidate.resume()
-
-
 def timing_cpus(backend: str) -> frozenset[int] | None:
     """On the CPU backend, one core for both timing processes: the two sides then compute on the
     same core and its caches, as they did in one process. Left to the scheduler, the 2-core
@@ -190,9 +186,7 @@ def timing_cpus(backend: str) -> frozenset[int] | None:
     # The core this process last ran on: the scheduler spreads hooks that gitevolve runs in
     # parallel over the cores, so parallel evaluations are not all stacked on one.
     try:
-        with open("/proc/self/stat") as f:
-            stat = f.read()
-        current = int(stat[stat.rindex(")") + 2:].split()[36])
+        current = int(_stat("self")[36])
     except (OSError, ValueError, IndexError):
         current = -1
     return frozenset({current if current in allowed else max(allowed)})
@@ -211,12 +205,11 @@ def run(script: str, argv: list[str], args: argparse.Namespace) -> dict:
             baseline = Endpoint(ours, deadline, "baseline")
             candidate = Endpoint(theirs, deadline, "candidate", stoppable=True)
             outcome = _outcome(baseline, candidate, budget)
-            if isinstance(outcome, dict):  # decided by the race: the candidate's process is not waited for
-                candidate.running.proc.kill()
             try:
                 baseline.send({"op": "quit"})
             except OSError:
                 pass
+            # Decided by the race: the candidate's process is not waited for, only killed.
             child = collect(theirs, 0 if isinstance(outcome, dict) else deadline - time.monotonic())
             collect(ours, REAP_SECONDS)
             # Whatever the candidate started that left its process group (orphans come to us) goes too.

@@ -30,6 +30,8 @@ _clock = time.perf_counter
 _eval = mx.eval
 _synchronize = mx.synchronize
 DIGEST_SAMPLE = 1 << 20  # elements of an output hashed at most: enough to tell two kernels apart
+# Runs the timed block a command asks for, announcing start, end and what it produced through the callable.
+Block = Callable[[dict, Callable[[dict], None]], None]
 
 
 @dataclass
@@ -89,7 +91,7 @@ def calls_message(seconds: float, out) -> dict:
     return {"op": "checked", "digest": digest(out), "seconds": seconds}
 
 
-def runner(fn: Callable, scenario: Scenario) -> Callable[[dict, Callable[[dict], None]], None]:
+def runner(fn: Callable, scenario: Scenario) -> Block:
     """Runs the blocks of `scenario` the supervisor asks for, with `fn` (the baseline's way)."""
     blocks = Blocks(scenario)
 
