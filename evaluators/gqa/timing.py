@@ -21,7 +21,6 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 import mlx.core as mx
-import numpy as np
 
 from evaluators.gqa.correctness import Inputs, keys_values, queries
 from evaluators.gqa.shapes import Scenario
@@ -76,14 +75,24 @@ def run(fn: Callable, inputs: list[Inputs], announce: Callable[[dict], None]) ->
 
 
 def digest(out) -> str:
-    """A hash of the output's bits (of a strided sample of at most DIGEST_SAMPLE of them)."""
+    """A hash of the output's bits, reduced on the device: only two numbers leave it.
+
+    Reading the output itself from the host would cost the next blocks their speed on a CUDA
+    device: MLX allocates managed memory there, the read moves the output's pages to the host,
+    and the allocator hands those pages to the next block's inputs, which fault them back. On
+    the H200 that made MLX's prefill-2048 take 320-390 us per call instead of 200-220
+    (benchmarks/results/evaluator_timing-h200-2026-12-04.md). Integer sums are exact in any
+    order, so the same bits give the same digest on either side.
+    """
     if not isinstance(out, mx.array):
         return f"not an array: {type(out).__name__}"
-    bits = {1: mx.uint8, 2: mx.uint16, 4: mx.uint32, 8: mx.uint64}[out.itemsize]
+    bits = {1: mx.uint8, 2: mx.uint16}.get(out.itemsize, mx.uint32)
     flat = out.view(bits).reshape(-1)
-    stride = max(1, flat.size // DIGEST_SAMPLE)
-    sample = np.array(flat[::stride])
-    return hashlib.sha1(f"{out.dtype}{out.shape}".encode() + sample.tobytes()).hexdigest()[:16]
+    sample = flat[::max(1, flat.size // DIGEST_SAMPLE)].astype(mx.uint32)
+    # Each element's bits weighted by a multiplier of its place: an element that moves or changes moves the sum.
+    weights = mx.arange(sample.size, dtype=mx.uint32) * 2654435761 + 1
+    sums = mx.stack([mx.sum(sample), mx.sum(sample * weights)])
+    return hashlib.sha1(f"{out.dtype}{out.shape}{sums.tolist()}".encode()).hexdigest()[:16]
 
 
 def calls_message(seconds: float, out) -> dict:
