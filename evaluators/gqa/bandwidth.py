@@ -29,7 +29,11 @@ CACHE_SAFE_BYTES = 96 * 2**20
 MARGIN = 1.10
 GPU_BYTES = 512 * 2**20  # per array: a copy moves 1 GiB
 CPU_BYTES = 16 * 2**20  # a few milliseconds per pass on one core; nothing CPU-sized is judged
-REPS = 5
+REPS = 10
+# Run before the samples: an idle GPU starts at a fraction of its clocks (the H200's at 345 MHz of
+# 1980), and a bound measured cold is low. One evaluation on the H200 measured 2.12 TB/s where
+# others measured 2.8-3.2, and failed an honest kernel as impossibly fast.
+WARM_SECONDS = 0.05
 
 
 @dataclass(frozen=True)
@@ -46,7 +50,10 @@ class Bandwidth:
 def _seconds(op, reps: int) -> list[float]:
     import mlx.core as mx
 
-    mx.eval(op())  # warm-up: allocation, the kernel's first compile
+    warm_until = time.perf_counter() + WARM_SECONDS
+    mx.eval(op())  # allocation, the kernel's first compile
+    while time.perf_counter() < warm_until:
+        mx.eval(op())
     times = []
     for _ in range(reps):
         start = time.perf_counter()
