@@ -381,6 +381,34 @@ def test_the_race_fails_a_clock_that_disagrees_and_a_slowed_baseline():
     race.race(honest, rival, "s", clean, budget)  # the honest pair passes
 
 
+@dataclass
+class Slowed(Scripted):
+    """A baseline slowed by half in the blocks numbered in `slow` (counted from its first)."""
+
+    slow: tuple = ()
+    blocks: int = 0
+
+    def block(self, command):
+        self.per_call, self.blocks = (1.6e-3 if self.blocks in self.slow else 1e-3), self.blocks + 1
+        return super().block(command)
+
+
+def test_a_doubtful_race_is_raced_again_and_only_a_lasting_slowdown_stands():
+    from types import SimpleNamespace
+
+    from evaluators.gqa import referee
+
+    budget = race.Budget(warmup=1, min_rounds=4, max_rounds=4, seconds=0, clean_blocks=3)
+    scenario, log = SimpleNamespace(name="s", query_bytes=1024), []
+    # 8 clean blocks (warm-up, 2 handshakes, 2 probes, 3 timed), then the race's 4: slowed once.
+    once = Slowed("B", 1e-3, log, slow=(8, 9, 10, 11))
+    result = referee._race(Scripted("A", 1e-3, log), once, scenario, budget)
+    assert (once.blocks, result.speedup) == (24, pytest.approx(1.0))
+    lasting = Slowed("B", 1e-3, log, slow=(8, 9, 10, 11, 20, 21, 22, 23))  # in both races, never alone
+    with pytest.raises(race.Cheated, match="or the machine is busy"):
+        referee._race(Scripted("A", 1e-3, log), lasting, scenario, budget)
+
+
 def test_the_baseline_is_restored_even_when_the_candidate_raises_and_gone_for_good_unless_asked():
     with pytest.raises(guards.BaselineCalled):
         with guards.baseline_hidden() as wire:

@@ -154,11 +154,10 @@ def drive(baseline: Endpoint, candidate: Endpoint, budget: race.Budget) -> Raced
         if said.get("scenario") != s.name:
             raise Garbled(f"ready for {said.get('scenario')!r} where {s.name!r} comes next")
         with race.stopped(candidate):
-            clean = race.clean(baseline, s.name, s.query_bytes, budget)
             baseline.send({"op": "peak", "scenario": s.name})
             raced.peaks[s.name] = int(baseline.receive("peak")[0]["bytes"])
         try:
-            raced.races[s.name] = race.race(candidate, baseline, s.name, clean, budget)
+            raced.races[s.name] = _race(candidate, baseline, s, budget)
         except race.Cheated as e:
             if not e.transient:
                 raise
@@ -173,6 +172,22 @@ def drive(baseline: Endpoint, candidate: Endpoint, budget: race.Budget) -> Raced
                                   f"(pids {', '.join(map(str, started[:5]))}) during the evaluation", False, {}, {})
         candidate.send({"op": "done"})
     return raced
+
+
+def _race(candidate: Endpoint, baseline: Endpoint, scenario, budget: race.Budget, tries: int = 2) -> race.Race:
+    """The baseline alone, then the race. A finding that may be the machine's (transient) is
+    raced once more, clean phase and all, before it stands: on a shared machine, and on the
+    H200, one race in ten or so of an honest candidate's saw the baseline 1.5x slower than alone
+    (evaluator_timing-h200-2026-12-04.md), and a slowdown the candidate causes comes back."""
+    while True:
+        tries -= 1
+        with race.stopped(candidate):
+            clean = race.clean(baseline, scenario.name, scenario.query_bytes, budget)
+        try:
+            return race.race(candidate, baseline, scenario.name, clean, budget)
+        except race.Cheated as e:
+            if not e.transient or tries <= 0:
+                raise
 
 
 def timing_cpus(backend: str) -> frozenset[int] | None:
