@@ -33,7 +33,9 @@ BEFORE = "a96251c"  # hookkit landed; the clock was still in the candidate's pro
 RESULTS = ROOT / "benchmarks" / "results"
 
 
-def evaluate(root: Path, args: argparse.Namespace) -> tuple[dict, float]:
+def evaluate(root: Path, args: argparse.Namespace, tries: int = 2) -> tuple[dict, float]:
+    """One evaluation by the hook in `root`: (its result, seconds). A transient result is retried,
+    as gitevolve retries it; the retry's time is counted."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(root), os.environ.get("PYTHONPATH")]))}
     env.pop("GITEVOLVE_STAGE", None)
     started = time.monotonic()
@@ -43,8 +45,12 @@ def evaluate(root: Path, args: argparse.Namespace) -> tuple[dict, float]:
                          cwd=args.file.parent, env=env, capture_output=True, text=True)
     seconds = time.monotonic() - started
     result = json.loads(out.stdout.strip().splitlines()[-1])
+    if result.get("status") == "transient" and tries > 1:
+        print(f"  {root.name}: transient, retried: {result.get('reason')}", file=sys.stderr)
+        again, more = evaluate(root, args, tries - 1)
+        return again, seconds + more
     if result.get("status") != "ok":
-        raise SystemExit(f"{root}: the hook said {result.get('status')}: {result.get('reason')}")
+        print(f"  {root.name}: the hook said {result.get('status')}: {result.get('reason')}", file=sys.stderr)
     return result, seconds
 
 
@@ -79,10 +85,15 @@ def main(argv: list[str]) -> None:
         finally:
             if not args.before_dir:
                 subprocess.run(["git", "worktree", "remove", "--force", str(old)], cwd=ROOT, check=False)
-    names = [k.split(".", 1)[1] for k in runs["after"][0][0]["metrics"] if k.startswith("speedup.")]
+    # An evaluation that did not come back ok is kept in the record and left out of the figures.
+    failed = {m: [r for r, _ in runs[m] if r.get("status") != "ok"] for m in runs}
+    scored = {m: [(r, s) for r, s in runs[m] if r.get("status") == "ok"] for m in runs}
+    if not scored["before"] or not scored["after"]:
+        raise SystemExit(f"no evaluation came back ok: {json.dumps(failed)[:2000]}")
+    names = [k.split(".", 1)[1] for k in scored["after"][0][0]["metrics"] if k.startswith("speedup.")]
     rows, record = [], {"before": args.before, "repeats": args.repeats, "seconds": args.seconds, "scenarios": {}}
     for name in [*names, "score"]:
-        got = {m: [r["score"] if name == "score" else r["metrics"][f"speedup.{name}"] for r, _ in runs[m]]
+        got = {m: [r["score"] if name == "score" else r["metrics"][f"speedup.{name}"] for r, _ in scored[m]]
                for m in runs}
         before, after = statistics.median(got["before"]), statistics.median(got["after"])
         rows.append([name, f"{before:.3f}", _spread(got["before"]), f"{after:.3f}", _spread(got["after"]),
@@ -94,8 +105,10 @@ def main(argv: list[str]) -> None:
                  f"{statistics.median(wall['after']) / statistics.median(wall['before']) - 1:+.1%}"])
     record["evaluation_seconds"] = wall
     record["results"] = {m: [r for r, _ in runs[m]] for m in runs}
+    record["not_ok"] = {m: len(failed[m]) for m in runs}
     print(tabulate(rows, headers=["speedup (median)", "before", "range", "after", "range", "after/before"]))
-    print(f"\n{args.repeats} evaluations per method, interleaved; range = (max - min) / median over them.")
+    print(f"\n{args.repeats} evaluations per method, interleaved; range = (max - min) / median over them; "
+          f"not ok (left out): {len(failed['before'])} before, {len(failed['after'])} after.")
     RESULTS.mkdir(exist_ok=True)
     path = RESULTS / f"evaluator_timing-{args.backend}.json"
     path.write_text(json.dumps(record, indent=1) + "\n")
