@@ -107,3 +107,48 @@ def test_c_style_markers_count():
     assert blocks.regions(text) == [(2, 2)]
     with pytest.raises(MutationRejected):
         blocks.check("k.cu", text, text.replace("int a;", "int z;"))
+
+
+CONDITIONAL = '''\
+# EVOLVE-BLOCK-START
+PATH = "mma"  # gitevolve: choices=["mma", "vector"]
+VECTOR = 4  # gitevolve: choices=[1, 2, 4, 8], when=PATH == "vector"
+SPLIT = 2  # gitevolve: choices=[1, 2], when=VECTOR in [4, 8] and PATH != "scalar"
+LABEL = "a]"  # gitevolve: choices=["a]", "b"]
+# EVOLVE-BLOCK-END
+'''
+
+
+def test_a_condition_says_when_a_tunable_matters_and_dead_ones_make_no_new_program():
+    found = tunables.parse("k.py", CONDITIONAL)
+    assert [(t.name, t.needs) for t in found] == [("PATH", ()), ("VECTOR", ("PATH",)), ("SPLIT", ("VECTOR", "PATH")),
+                                                  ("LABEL", ())]
+    assert found[3].choices == ("a]", "b")  # a "]" inside the list does not end it
+    assert tunables.live(found, {"PATH": "mma", "VECTOR": 4, "SPLIT": 2}) == {"PATH", "LABEL"}
+    # SPLIT's condition holds, but it names VECTOR, which is dead: so is SPLIT.
+    assert tunables.live(found, {"PATH": "vector", "VECTOR": 1, "SPLIT": 2}) == {"PATH", "VECTOR", "LABEL"}
+    canonical = tunables.canonical("k.py", CONDITIONAL)
+    assert [t.value for t in tunables.parse("k.py", canonical)] == ["mma", 1, 1, "a]"]  # dead ones at their first choice
+    same = tunables.apply(CONDITIONAL, {2: 2, 3: 1})  # other values of dead tunables only
+    assert tunables.canonical("k.py", same) == canonical
+
+
+@pytest.mark.parametrize(
+    ("line", "message"),
+    [
+        ('X = 1  # gitevolve: choices=[1, 2], when=Y == 1', "names Y, which is not a tunable"),
+        ('X = 1  # gitevolve: choices=[1, 2], when=__import__("os")', "not Call"),
+        ('X = 1  # gitevolve: choices=[1, 2], when=X ==', "not an expression"),
+        ('X = 1  # gitevolve: choices=[1, 2], when=X == 1', "round in a circle: X -> X"),
+    ],
+)
+def test_malformed_conditions_are_errors_with_the_line(line, message):
+    with pytest.raises(MutationRejected, match=rf"k.py:1: .*{message}"):
+        tunables.parse("k.py", line + "\n")
+
+
+def test_the_tunables_operator_leaves_dead_tunables_alone():
+    op = TunablesOperator(max_changes=1, crossover=0)
+    for seed in range(20):
+        proposal = op.propose(program(CONDITIONAL), [], random.Random(seed))
+        assert {t.name for t in tunables.parse("prog.py", proposal.files["prog.py"])} and "VECTOR" not in proposal.subject

@@ -6,6 +6,15 @@ A tunable is a line that assigns a literal and says which values it may take:
     constexpr int BLOCK = 64;  // gitevolve: choices=[32, 64, 128]
     #define UNROLL 4  // gitevolve: choices=[1, 2, 4, 8]
 
+A tunable that only matters under another's value says so, with a condition over the other
+tunables of its file (==, !=, <, >, in, not in, and, or, not):
+
+    VECTOR = 4  # gitevolve: choices=[1, 2, 4, 8], when=PATH == "vector"
+
+Under PATH = "mma" it is dead: settings that differ only in dead tunables are one program
+(`canonical`), and the operators leave dead tunables alone. A tunable whose condition names a
+dead tunable is dead too.
+
 A mutation sets one or more of them to another of their choices; a crossover takes some
 settings from an inspiration (another candidate of the island). Only tunables inside the
 EVOLVE-BLOCK count, so the operator cannot change what the markers protect.
@@ -14,6 +23,7 @@ EVOLVE-BLOCK count, so the operator cannot change what the markers protect.
 from __future__ import annotations
 
 import ast
+import functools
 import random
 import re
 from dataclasses import dataclass
@@ -36,6 +46,56 @@ class Tunable:
     name: str
     value: object
     choices: tuple
+    when: str | None = None  # the condition's source, as declared
+    needs: tuple[str, ...] = ()  # the tunables it names
+
+    @property
+    def ordered(self) -> bool:
+        """Numbers: a search may take 64 to lie between 32 and 128."""
+        return all(isinstance(c, (int, float)) and not isinstance(c, bool) for c in self.choices)
+
+    def live(self, values: dict[str, object]) -> bool:
+        """Whether this tunable matters, given the values of its file's tunables by name."""
+        return self.when is None or bool(eval(_compiled(self.when), {"__builtins__": {}}, dict(values)))
+
+
+# What a condition may say: comparisons of tunables with literals, joined by and / or / not.
+_CONDITION_NODES = (ast.Expression, ast.BoolOp, ast.And, ast.Or, ast.UnaryOp, ast.Not, ast.Compare, ast.Eq,
+                    ast.NotEq, ast.Lt, ast.LtE, ast.Gt, ast.GtE, ast.In, ast.NotIn, ast.Name, ast.Load,
+                    ast.Constant, ast.List, ast.Tuple, ast.USub)
+
+
+def _condition(text: str, where: str) -> tuple[str, ...]:
+    """The names a `when=` condition reads; a condition that is not a plain comparison is an error."""
+    try:
+        tree = ast.parse(text, mode="eval")
+    except SyntaxError:
+        raise MutationRejected(f"{where}: when={text!r} is not an expression") from None
+    for node in ast.walk(tree):
+        if not isinstance(node, _CONDITION_NODES):
+            raise MutationRejected(f"{where}: when= compares tunables with values (==, !=, in, and, or, not), "
+                                   f"not {type(node).__name__}")
+    return tuple(dict.fromkeys(n.id for n in ast.walk(tree) if isinstance(n, ast.Name)))
+
+
+@functools.lru_cache(maxsize=1024)
+def _compiled(text: str):
+    return compile(text, "<when>", "eval")
+
+
+def _spec(spec: str, where: str) -> tuple[list, str | None]:
+    """`choices=[...]` and, after a comma, an optional `when=CONDITION`."""
+    if not spec.startswith("choices="):
+        raise MutationRejected(f"{where}: expected `gitevolve: choices=[...]`, got {spec!r}")
+    rest = spec.removeprefix("choices=")
+    # The list ends at the first "]" after which what is left is nothing or ", when=...".
+    for end in (i + 1 for i, ch in enumerate(rest) if ch == "]"):
+        tail = rest[end:].strip()
+        if tail and not re.match(r"^,\s*when=", tail):
+            continue
+        choices = _literal(rest[:end], where)
+        return choices, (re.sub(r"^,\s*when=", "", tail).strip() or None) if tail else None
+    return _literal(rest, where), None
 
 
 def _literal(text: str, where: str) -> object:
@@ -55,14 +115,82 @@ def parse(path: str, text: str) -> list[Tunable]:
         m = LINE.match(line)
         if not m:
             raise MutationRejected(f"{where}: a tunable reads `NAME = VALUE  # gitevolve: choices=[...]`")
-        spec = m.group("spec")
-        if not spec.startswith("choices="):
-            raise MutationRejected(f"{where}: expected `gitevolve: choices=[...]`, got {spec!r}")
-        choices = _literal(spec.removeprefix("choices="), where)
+        choices, when = _spec(m.group("spec"), where)
         if not isinstance(choices, list) or len(choices) < 2:
             raise MutationRejected(f"{where}: choices must be a list of at least two values")
-        found.append(Tunable(path, i, m.group("name"), _literal(m.group("value"), where), tuple(choices)))
+        needs = _condition(when, where) if when else ()
+        found.append(Tunable(path, i, m.group("name"), _literal(m.group("value"), where), tuple(choices), when, needs))
+    _check_conditions(path, found)
     return found
+
+
+def _check_conditions(path: str, found: list[Tunable]) -> None:
+    names = {t.name for t in found}
+    for t in found:
+        for name in t.needs:
+            if name not in names:
+                raise MutationRejected(f"{path}:{t.line + 1}: when= names {name}, which is not a tunable of this "
+                                       f"file's EVOLVE-BLOCKs")
+    order(found)  # raises on a cycle
+
+
+def order(found: list[Tunable]) -> list[Tunable]:
+    """The tunables with every one after those its condition names (a search sets them in this order)."""
+    by_name, done, result = {t.name: t for t in found}, set(), []
+
+    def visit(t: Tunable, seen: tuple[str, ...]) -> None:
+        if t.name in done:
+            return
+        if t.name in seen:
+            raise MutationRejected(f"{t.path}:{t.line + 1}: when= conditions go round in a circle: "
+                                   f"{' -> '.join(seen + (t.name,))}")
+        for name in t.needs:
+            visit(by_name[name], seen + (t.name,))
+        done.add(t.name)
+        result.append(t)
+
+    for t in found:
+        visit(t, ())
+    return result
+
+
+def live(found: list[Tunable], values: dict[str, object]) -> set[str]:
+    """The names of the tunables that matter under `values` (by name; a file's tunables)."""
+    alive: set[str] = set()
+    for t in order(found):
+        if all(n in alive for n in t.needs) and t.live(values):
+            alive.add(t.name)
+    return alive
+
+
+def canonical(path: str, text: str) -> str:
+    """`text` with every dead tunable at its first choice: one text per distinct program."""
+    found = parse(path, text)
+    values = {t.name: t.value for t in found}
+    alive = live(found, values)
+    dead = {t.line: t.choices[0] for t in found if t.name not in alive and t.value != t.choices[0]}
+    return apply(text, dead) if dead else text
+
+
+def settings(files: dict[str, str]) -> dict[str, object]:
+    """Every tunable's value, by name (path:name where two files declare the same name)."""
+    found = [t for path, text in sorted(files.items()) for t in parse(path, text)]
+    return {key(t, found): t.value for t in found}
+
+
+def declared(files: dict[str, str]) -> tuple[list[Tunable], list[Tunable]]:
+    """Every tunable of `files`, and those of them that matter under the files' current values."""
+    found, alive = [], []
+    for path, text in sorted(files.items()):
+        mine = parse(path, text)
+        names = live(mine, {t.name: t.value for t in mine})
+        found += mine
+        alive += [t for t in mine if t.name in names]
+    return found, alive
+
+
+def key(t: Tunable, found: list[Tunable]) -> str:
+    return t.name if sum(u.name == t.name for u in found) == 1 else f"{t.path}:{t.name}"
 
 
 def render(value: object, like: str) -> str:
@@ -96,7 +224,7 @@ class TunablesOperator:
         self.crossover = crossover
 
     def propose(self, parent: Program, inspirations: list[Program], rng: random.Random) -> Proposal:
-        tunables = [t for path, text in sorted(parent.files.items()) for t in parse(path, text)]
+        tunables = declared(parent.files)[1]  # a dead tunable changes nothing: never worth a candidate
         if not tunables:
             raise MutationRejected("no tunables declared in the evolvable files (`NAME = VALUE  # gitevolve: choices=[...]`)")
         if inspirations and rng.random() < self.crossover:
