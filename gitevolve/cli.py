@@ -82,8 +82,9 @@ def run(
     board = report.leaderboard(store, report.population_of(store))
     best = max((r for r in board["islands"] if r["score"] is not None), key=lambda r: r["score"], default=None)
     skipped = ", ".join(f"{n} {kind}" for kind, n in sorted(stats.rejected.items()))
-    console.print(f"Done: {stats.evaluated} evaluated ({stats.failed} failed, {stats.migrations} migrations)"
-                  + (f"; no candidate from: {skipped}" if skipped else "") + ".", highlight=False)
+    taken = f", {stats.duplicates} took the result of the same program evaluated before" if stats.duplicates else ""
+    console.print(f"Done: {stats.evaluated} evaluated{taken} ({stats.failed} failed, {stats.migrations} migrations)"
+                  + (f"; no candidate from: {skipped}" if skipped else "") + ".", highlight=False, soft_wrap=True)
     if best:
         console.print(f"Best: {report.format_score(best['score'])} on {best['branch']} ({best['champion'][:10]}); "
                       f"base scored {report.format_score(board['base_score'])}. See `gitevolve status`.", highlight=False)

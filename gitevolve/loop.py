@@ -5,7 +5,9 @@
     each batch one mutation per worker: choose a parent on the island -> the operator proposes
                (the whole batch at once for an operator that allows it, as model calls are slow)
                -> EVOLVE-BLOCK check; then migrations when a migration generation begins ->
-               commit + pin -> evaluate in parallel worktrees -> note + champion branch
+               commit + pin -> evaluate in parallel worktrees, except programs the run has
+               evaluated already, which take that result -> note + champion branch -> the
+               operator is told the scores (a search learns from them)
 
 Every candidate is committed and pinned before it is evaluated, and scored by one atomic ref
 transaction after, so a run killed at any moment loses at most the evaluations in flight, which
@@ -34,7 +36,7 @@ from gitevolve import __version__, migrate, selection, worktrees
 from gitevolve.config import Config
 from gitevolve.errors import GitevolveError
 from gitevolve.evaluate import Evaluation, evaluate, hook_environment, terminate_all
-from gitevolve.mutate import MutationRejected, Operator, Program, Proposal
+from gitevolve.mutate import MutationRejected, Observed, Operator, Program, Proposal, tunables
 from gitevolve.mutate.blocks import check as check_blocks
 from gitevolve.population import Candidate, Population, load, rank
 from gitevolve.progress import Progress
@@ -50,6 +52,7 @@ class Job:
     candidate: Candidate
     code_length: int
     mutation: dict = field(default_factory=dict)
+    duplicate_of: str | None = None  # a candidate of the run already evaluated with this content
 
 
 @dataclass
@@ -58,6 +61,7 @@ class Stats:
     done: int = 0  # iterations of this invocation, including those that made no candidate
     evaluated: int = 0
     failed: int = 0
+    duplicates: int = 0  # candidates that took an earlier evaluation's result instead of their own
     migrations: int = 0
     rejected: dict[str, int] = field(default_factory=dict)  # mutation failures by reason kind
 
@@ -77,7 +81,8 @@ def run(store: Store, config: Config, operator: Operator, progress: Progress, *,
         try:
             if population.pending():
                 progress.say(f"Evaluating {len(population.pending())} candidate(s) committed but not yet scored.")
-                evaluator.run_batch([evaluator.resume_job(c) for c in population.pending()], population, stats, progress)
+                evaluator.run_batch([evaluator.resume_job(c, population) for c in population.pending()], population, stats, progress)
+            teach(operator, population, sorted(population.candidates.values(), key=_planned))
             for island in population.islands:
                 if not population.alive(island):
                     seed = population.candidates[population.seeds[island]]
@@ -95,6 +100,7 @@ def run(store: Store, config: Config, operator: Operator, progress: Progress, *,
                     if job is not None:
                         jobs.append(job)
                 evaluator.run_batch(jobs, population, stats, progress)
+                teach(operator, population, [population.candidates[j.candidate.sha] for j in jobs])
                 iteration += len(batch)
                 done += len(batch)
                 stats.done = done
@@ -150,7 +156,9 @@ def migrations(store: Store, config: Config, population: Population, batch: list
         for m in migrate.plan(store, population, config, _rng(config, store, f"migration/{generation}")):
             subject, body = m.message()
             trailers = {"Island": m.target_island, "Generation": generation, "Operator": m.operator, "Migrated-From": m.source.sha}
-            job = commit_job(store, population, m.target, m.files, subject, body, trailers, m.target_island, None, generation, m.operator)
+            target = {path: store.read_file(m.target, path) for path in config.files}
+            job = commit_job(store, population, m.target, m.files, subject, body, trailers, m.target_island, None,
+                             generation, m.operator, parent_files=target)
             if job is not None:
                 jobs.append(job)
                 stats.migrations += 1
@@ -180,8 +188,8 @@ def plan(store: Store, config: Config, population: Population, iteration: int, s
     if choice is None:
         stats.reject("no parent")
         return None
-    return Plan(iteration, island, generation, choice.how, program(store, config, choice.parent),
-                [program(store, config, c) for c in choice.inspirations], rng)
+    return Plan(iteration, island, generation, choice.how, program(store, config, choice.parent, island),
+                [program(store, config, c, island) for c in choice.inspirations], rng)
 
 
 def propose(operator: Operator, p: Plan) -> Proposal | MutationRejected:
@@ -249,19 +257,51 @@ def mutation(store: Store, population: Population, operator: Operator, p: Plan, 
 def commit_job(store: Store, population: Population, parent: str, files: dict[str, str], subject: str, body: str,
                trailers: dict, island: int, iteration: int | None, generation: int, operator: str,
                meta: dict | None = None, parent_files: dict[str, str] | None = None) -> Job | None:
-    """Commit and pin a candidate unless the island already tried the same tree."""
+    """Commit and pin a candidate unless the island already tried the same program. One that
+    another island tried takes that evaluation's result instead of paying for its own."""
     tree = store.tree_with(parent, files)
-    if tree in population.trees(island):
+    texts = {**(parent_files or {}), **files}
+    settings, content = described(store, parent, tree, files, texts)
+    if content in population.contents(island):
         return None
     sha = store.add_candidate(parent, tree, format_message(subject, body, {"Run": store.refs.run, **trailers}))
-    candidate = Candidate(sha, parent, island, iteration, generation, "pending", tree=tree, operator=operator, subject=subject)
+    candidate = Candidate(sha, parent, island, iteration, generation, "pending", tree=tree, operator=operator,
+                          subject=subject, settings=settings, content=content)
     population.add(candidate)
-    texts = {**(parent_files or {}), **files}
-    return Job(candidate, sum(len(t) for t in texts.values()), meta or {})
+    known = population.evaluated(content)
+    return Job(candidate, sum(len(t) for t in texts.values()), meta or {}, known.sha if known else None)
 
 
-def program(store: Store, config: Config, candidate: Candidate) -> Program:
-    return Program(candidate, {path: store.read_file(candidate.sha, path) for path in config.files})
+def described(store: Store, parent: str, tree: str, files: dict[str, str], texts: dict[str, str]) -> tuple[dict, str]:
+    """A program's tunable settings and its content: the tree it would have with every dead
+    tunable at its first choice (the tree itself when none is dead or off its first choice)."""
+    try:
+        settings = tunables.settings(texts)
+        canonical = {path: tunables.canonical(path, text) for path, text in texts.items()}
+    except MutationRejected:  # a malformed declaration: judged as the text it is
+        return {}, tree
+    moved = {path: text for path, text in canonical.items() if text != texts[path]}
+    return settings, (store.tree_with(parent, {**files, **moved}) if moved else tree)
+
+
+def teach(operator: Operator, population: Population, candidates: list[Candidate]) -> None:
+    """Tell an operator that learns from scores about scored candidates, on every island they belong to."""
+    observe = getattr(operator, "observe", None)
+    if observe is None:
+        return
+    for c in candidates:
+        if c.status == "pending" or not c.settings:
+            continue
+        for island in population.islands_of(c):
+            observe(island, Observed(c.settings, c.score if c.alive else None))
+
+
+def _planned(c: Candidate) -> tuple:
+    return (c.iteration is not None, c.iteration or 0, c.generation, c.sha)
+
+
+def program(store: Store, config: Config, candidate: Candidate, island: int | None = None) -> Program:
+    return Program(candidate, {path: store.read_file(candidate.sha, path) for path in config.files}, island)
 
 
 class Evaluator:
@@ -275,9 +315,14 @@ class Evaluator:
         if config.llm is not None and config.llm.api_key_env:  # whatever its name, the model's key stays ours
             self.secrets.append(config.llm.api_key_env)
 
-    def resume_job(self, candidate: Candidate) -> Job:
-        texts = [self.store.read_file(candidate.sha, path) for path in self.config.files]
-        return Job(candidate, sum(len(t) for t in texts))
+    def resume_job(self, candidate: Candidate, population: Population) -> Job:
+        texts = {path: self.store.read_file(candidate.sha, path) for path in self.config.files}
+        tree = candidate.tree or self.store.repo.commit(candidate.sha).tree.hexsha
+        settings, content = described(self.store, candidate.sha, tree, {}, texts)
+        candidate = replace(candidate, settings=settings, content=content)
+        population.add(candidate)
+        known = population.evaluated(content)
+        return Job(candidate, sum(len(t) for t in texts.values()), duplicate_of=known.sha if known else None)
 
     def run_batch(self, jobs: list[Job], population: Population, stats: Stats, progress: Progress) -> None:
         """Evaluate the jobs, `workers` at a time, recording each result as it arrives.
@@ -299,11 +344,22 @@ class Evaluator:
             finally:
                 free.put(slot)
 
+        # A program the run has evaluated, or one another job of this batch evaluates, takes that result.
+        first, again, contents = [], [], set()
+        for job in jobs:
+            (again if job.duplicate_of or job.candidate.content in contents else first).append(job)
+            contents.add(job.candidate.content)
         with ThreadPoolExecutor(max_workers=self.config.workers) as pool:
-            futures = {pool.submit(work, job): job for job in jobs}
+            futures = {pool.submit(work, job): job for job in first}
             for future in as_completed(futures):
                 scored = self.record(futures[future], future.result(), population, stats)
                 progress.update(population, stats, scored)
+        for job in again:
+            original = population.evaluated(job.candidate.content)
+            if original is None:  # the evaluation it waited for was interrupted
+                continue
+            scored = self.record(replace(job, duplicate_of=original.sha), taken(self.store, original), population, stats)
+            progress.update(population, stats, scored)
 
     def evaluate_at(self, path, c: Candidate) -> Evaluation:
         """Evaluate candidate `c`, checked out at `path` (the loop's workers, and `promote`'s re-measuring)."""
@@ -318,12 +374,13 @@ class Evaluator:
             raise KeyboardInterrupt  # the run is stopping: leave the candidate unscored for the next run
         c = job.candidate
         scored = replace(c, status=result.status, score=result.score, metrics=result.metrics,
-                         features={"code_length": job.code_length})
+                         features={"code_length": job.code_length}, duplicate_of=job.duplicate_of)
         note = {
             "status": result.status, "score": result.score, "reason": result.reason,
             "metrics": result.metrics, "features": scored.features, "artifacts": result.artifacts,
             "island": c.island, "iteration": c.iteration, "generation": c.generation, "parent": c.parent,
-            "tree": c.tree, "operator": c.operator, "subject": c.subject, "mutation": job.mutation,
+            "tree": c.tree, "content": c.content, "settings": c.settings, "duplicate_of": job.duplicate_of,
+            "operator": c.operator, "subject": c.subject, "mutation": job.mutation,
             "evaluator": self.id, "stage": result.stage, "attempts": result.attempts,
             "seconds": round(result.seconds, 3), "evaluated_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "gitevolve": __version__,
@@ -339,9 +396,19 @@ class Evaluator:
         population.add(scored)
         if champion is not None:
             population.champions[c.island] = c.sha if moved else self.store.ref_state().islands[c.island]
-        stats.evaluated += 1
-        stats.failed += scored.status != "ok"
+        if job.duplicate_of:
+            stats.duplicates += 1
+        else:
+            stats.evaluated += 1
+            stats.failed += scored.status != "ok"
         return scored
+
+
+def taken(store: Store, original: Candidate) -> Evaluation:
+    """The evaluation a duplicate of `original` takes: its result, at no cost."""
+    note = store.note(original.sha) or {}
+    return Evaluation(original.status, original.score, dict(original.metrics), dict(note.get("artifacts") or {}),
+                      note.get("reason"), str(note.get("stage", "")), 0, 0.0)
 
 
 @contextmanager

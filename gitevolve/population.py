@@ -35,6 +35,11 @@ class Candidate:
     metrics: dict = field(default_factory=dict, compare=False)
     features: dict = field(default_factory=dict, compare=False)
     remeasured: float | None = None  # median of `gitevolve promote`'s fresh evaluations, if any
+    settings: dict = field(default_factory=dict, compare=False)  # its tunables' values (tunables.settings)
+    # The program as evaluated: the tree with every dead tunable at its first choice. Two
+    # candidates with one content are one program, evaluated once (loop.py).
+    content: str | None = None
+    duplicate_of: str | None = None  # the candidate whose evaluation this one took
 
     @property
     def alive(self) -> bool:
@@ -61,6 +66,9 @@ class Candidate:
             metrics=note.get("metrics") or {},
             features=note.get("features") or {},
             remeasured=_median((note.get("remeasured") or {}).get("scores")),
+            settings=note.get("settings") or {},
+            content=note.get("content") or note.get("tree"),
+            duplicate_of=note.get("duplicate_of"),
         )
 
 
@@ -89,6 +97,7 @@ def pending_from_commit(sha: str, raw: bytes, seed_of: set[int]) -> Candidate:
         generation=int(trailers.get("generation", 0)),
         status="pending",
         tree=fields.get("tree"),
+        content=fields.get("tree"),  # dead tunables unknown until its files are read: the tree itself
         operator=trailers.get("operator", "seed" if seed_of else ""),
         subject=message.splitlines()[0] if message else "",
     )
@@ -100,6 +109,11 @@ class Population:
     seeds: dict[int, str]
     champions: dict[int, str]
     candidates: dict[str, Candidate]
+    _evaluated: dict[str, str] = field(default_factory=dict, init=False, repr=False)  # content -> sha
+
+    def __post_init__(self) -> None:
+        for c in self.candidates.values():
+            self._index(c)
 
     @property
     def islands(self) -> list[int]:
@@ -107,6 +121,11 @@ class Population:
 
     def add(self, candidate: Candidate) -> None:
         self.candidates[candidate.sha] = candidate
+        self._index(candidate)
+
+    def _index(self, c: Candidate) -> None:
+        if c.content and c.status != "pending" and c.duplicate_of is None:
+            self._evaluated.setdefault(c.content, c.sha)
 
     def members(self, island: int) -> list[Candidate]:
         """Every candidate of an island, its seed included, scored or not."""
@@ -125,9 +144,20 @@ class Population:
     def next_iteration(self) -> int:
         return 1 + max((c.iteration for c in self.candidates.values() if c.iteration is not None), default=0)
 
-    def trees(self, island: int) -> set[str]:
-        """The trees an island has tried: a tree tried on another island is still new here."""
-        return {c.tree for c in self.members(island) if c.tree}
+    def contents(self, island: int) -> set[str]:
+        """The programs an island has tried (by content): one tried on another island is still new here."""
+        return {c.content for c in self.members(island) if c.content}
+
+    def evaluated(self, content: str) -> Candidate | None:
+        """The candidate of the run, any island, whose evaluation gave `content`'s result; None if none has."""
+        sha = self._evaluated.get(content)
+        return self.candidates[sha] if sha else None
+
+    def islands_of(self, candidate: Candidate) -> list[int]:
+        """The islands a candidate belongs to: its own, or every island a seed starts."""
+        if candidate.island is not None:
+            return [candidate.island]
+        return [k for k, sha in sorted(self.seeds.items()) if sha == candidate.sha]
 
     def best(self, island: int | None = None) -> Candidate | None:
         pool = self.alive(island) if island is not None else [c for c in self.candidates.values() if c.alive]

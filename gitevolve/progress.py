@@ -52,6 +52,8 @@ class PlainLines:
     def update(self, population: Population, stats: Stats, candidate: Candidate) -> None:
         island = "seed" if candidate.island is None else f"island {candidate.island}"
         verdict = f"score {_score(candidate)}" if candidate.status == "ok" else candidate.status
+        if candidate.duplicate_of:
+            verdict += f" (the same program as {candidate.duplicate_of[:10]}: not evaluated again)"
         self.console.print(
             f"{candidate.sha[:10]} {island}: {verdict} - {candidate.subject[:60]}  [{_headline(population, stats, self.total)}]",
             markup=False, highlight=False, soft_wrap=True,

@@ -26,6 +26,15 @@ class Program:
 
     candidate: Candidate
     files: dict[str, str]
+    island: int | None = None  # the island a mutation of it is for (a seed is every island's)
+
+
+@dataclass(frozen=True)
+class Observed:
+    """A scored candidate, as an operator that learns from scores is told of it."""
+
+    settings: dict  # its tunables' values by key (tunables.settings), from its note
+    score: float | None  # None: it failed
 
 
 @dataclass(frozen=True)
@@ -40,7 +49,9 @@ class Proposal:
 class Operator(Protocol):
     """Also read by the loop when an operator has them: `concurrency` (proposals it may be asked
     for at once), `duplicate_attempts` (proposals per iteration while they rebuild programs the
-    island already has; 8 otherwise) and `duplicate(parent, proposal)` (told when that happens)."""
+    island already has; 8 otherwise), `duplicate(parent, proposal)` (told when that happens) and
+    `observe(island, Observed)` (told of every scored candidate of an island: all of them when a
+    run starts, then each batch's in the order it was planned)."""
 
     name: str
 
