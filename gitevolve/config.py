@@ -86,10 +86,14 @@ class FeatureConfig(_Section):
 
 
 class MutationConfig(_Section):
-    operator: Literal["auto", "tunables", "llm"] = "auto"
-    max_changes: int = Field(default=2, ge=1, le=10)
-    crossover: float = Field(default=0.3, ge=0, le=1)
-    builtin_share: float = Field(default=0.0, ge=0, le=1)  # with a model: share of mutations left to tunables
+    # auto: the model when an llm section is there, else search. search: a model of the scores
+    # so far picks the tunables (mutate/search.py); tunables: one or two of them changed at random.
+    operator: Literal["auto", "search", "tunables", "llm"] = "auto"
+    sampler: Literal["tpe", "random"] = "tpe"  # search's: Optuna's TPE, or random search to compare with
+    startup: int = Field(default=10, ge=1, le=1000)  # search's settings drawn at random before TPE models them
+    max_changes: int = Field(default=2, ge=1, le=10)  # tunables'
+    crossover: float = Field(default=0.3, ge=0, le=1)  # tunables'
+    builtin_share: float = Field(default=0.0, ge=0, le=1)  # with a model: share of mutations left to the built-in operator
 
 
 ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")

@@ -154,9 +154,9 @@ def test_rewrites_and_the_built_in_operator_share_a_run(tmp_path):
         extra = "  edit_format: rewrite\nmutation: {builtin_share: 0.5}\n"
         repo = make_repo(tmp_path / "repo", config=model_config(server.url, extra))
         done = ok(gitevolve(repo, "run", "--iterations", "12", env=KEY))
-    assert "50% of mutations by the built-in tunables operator" in done.stdout
+    assert "50% of mutations by the search operator" in done.stdout
     operators = {n["operator"].split(":")[0] for n in notes(repo).values()}
-    assert {"llm", "tunables"} <= operators
+    assert {"llm", "search"} <= operators
     assert "the EVOLVE-BLOCK (prog.py lines 5-9)" in server.requests[0].user
     for sha, note in notes(repo).items():
         if note["operator"].startswith("llm:"):

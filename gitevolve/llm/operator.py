@@ -21,7 +21,8 @@ from gitevolve.llm import edits
 from gitevolve.llm.client import CallFailed, Client
 from gitevolve.llm.ledger import Ledger
 from gitevolve.llm.prompt import Prompts
-from gitevolve.mutate import MutationRejected, Operator, Program, Proposal
+from gitevolve.mutate import MutationRejected, Observed, Operator, Program, Proposal
+from gitevolve.mutate.search import SearchOperator
 from gitevolve.mutate.tunables import TunablesOperator
 from gitevolve.store import Store
 
@@ -69,6 +70,11 @@ class ModelOperator:
         return Proposal(edit.files, subject, edit.rationale, f"llm:{model.name}", meta)
 
 
+    def observe(self, island: int, seen: Observed) -> None:
+        """Scores teach the built-in operator's search, which takes `builtin_share` of the mutations."""
+        if self.builtin is not None and hasattr(self.builtin, "observe"):
+            self.builtin.observe(island, seen)
+
     def duplicate(self, parent: Program, proposal: Proposal) -> None:
         """The loop found `proposal`'s program already on the island: tell the next prompt for `parent`."""
         model = proposal.meta.get("model")
@@ -78,22 +84,37 @@ class ModelOperator:
                                        f"evaluated; propose a different change")
 
 
+def builtin_operator(config: Config) -> Operator:
+    """The operator that needs no model: the search over tunables, or random changes of them."""
+    m = config.mutation
+    if m.operator == "tunables":
+        return TunablesOperator(m.max_changes, m.crossover)
+    return SearchOperator(m.sampler, config.seed, m.startup)
+
+
 def operator_for(store: Store, config: Config, environ: Mapping[str, str] = os.environ) -> Operator:
-    """The operator a run uses: the model when one is configured (unless `mutation.operator: tunables`)."""
-    builtin = TunablesOperator(config.mutation.max_changes, config.mutation.crossover)
-    if config.llm is None or config.mutation.operator == "tunables":
+    """The operator a run uses: the model when one is configured (unless `mutation.operator` says a built-in one)."""
+    builtin = builtin_operator(config)
+    if config.llm is None or config.mutation.operator in ("search", "tunables"):
         return builtin
     return ModelOperator(config, Client(config.llm, environ), Ledger(store), Prompts(store, config), builtin)
+
+
+def _builtin_words(config: Config) -> str:
+    if config.mutation.operator == "tunables":
+        return "the built-in tunables operator (random changes)"
+    how = "random search" if config.mutation.sampler == "random" else "Optuna's TPE sampler"
+    return f"the search operator ({how} over the declared tunables)"
 
 
 def describe(operator: Operator, config: Config) -> str:
     """One line for the start of a run: who mutates."""
     if not isinstance(operator, ModelOperator) or config.llm is None:
-        reason = "No language model is configured" if config.llm is None else "mutation.operator is 'tunables'"
-        return f"{reason}: mutating with the built-in tunables operator."
+        reason = "No language model is configured" if config.llm is None else f"mutation.operator is {config.mutation.operator!r}"
+        return f"{reason}: mutating with {_builtin_words(config)}."
     total = sum(m.weight for m in config.llm.models)
     models = ", ".join(f"{m.name} ({m.weight / total:.0%})" for m in config.llm.models)
     line = f"Mutating with {models} at {config.llm.api_base} ({config.llm.edit_format} edits)"
     if operator.share > 0:
-        line += f"; {operator.share:.0%} of mutations by the built-in tunables operator"
+        line += f"; {operator.share:.0%} of mutations by {_builtin_words(config)}"
     return line + "."
