@@ -6,6 +6,7 @@ with exit status 1; Ctrl-C leaves with 130 after the run has said what it kept.
 
 from __future__ import annotations
 
+import re
 import sys
 from pathlib import Path
 from typing import Any, Optional
@@ -63,9 +64,12 @@ def run(
     workers: Optional[int] = typer.Option(None, help="Evaluations in parallel, each in its own worktree."),
     seed: Optional[int] = typer.Option(None, help="Seed for reproducible selection and built-in mutations."),
     from_rev: Optional[str] = typer.Option(None, "--from", help="Start a new run, or the new islands, from this commit or ref."),
+    time_budget: Optional[str] = typer.Option(None, "--time", help="Start no new candidate after this long (90s, 10m, 1.5h); "
+                                              "without --iterations, go on until then."),
     run_name: str = RunOption,
 ) -> None:
     """Evolve. Never touches the checkout, the index or the current branch; kill it at any moment, run it again to go on."""
+    seconds = None if time_budget is None else duration(time_budget, "--time")
     store = Store(Path.cwd(), run_name)
     overrides: dict[str, Any] = {k: v for k, v in
                                  {"islands": islands, "iterations": iterations, "workers": workers, "seed": seed}.items()
@@ -75,7 +79,10 @@ def run(
     operator = llm_operator.operator_for(store, config)
     progress.say(llm_operator.describe(operator, config))
     try:
-        stats = loop.run(store, config, operator, progress, islands=config.islands, iterations=config.iterations, from_rev=from_rev)
+        # With a time budget alone, the budget decides; with --iterations too, whichever comes first.
+        count = None if seconds is not None and iterations is None else config.iterations
+        stats = loop.run(store, config, operator, progress, islands=config.islands, iterations=count, from_rev=from_rev,
+                         seconds=seconds)
     except KeyboardInterrupt:
         raise typer.Exit(130) from None
     store.tidy()
@@ -88,6 +95,14 @@ def run(
     if best:
         console.print(f"Best: {report.format_score(best['score'])} on {best['branch']} ({best['champion'][:10]}); "
                       f"base scored {report.format_score(board['base_score'])}. See `gitevolve status`.", highlight=False)
+
+
+def duration(text: str, flag: str) -> float:
+    """Seconds in `text` such as 90s, 10m, 1.5h (a bare number is seconds)."""
+    m = re.fullmatch(r"\s*(\d+(?:\.\d*)?|\.\d+)\s*([smh]?)\s*", text)
+    if not m or float(m.group(1)) <= 0:
+        raise GitevolveError(f"{flag}: expected a duration such as 90s, 10m or 1.5h, got {text!r}")
+    return float(m.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600}[m.group(2)]
 
 
 @app.command()

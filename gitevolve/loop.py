@@ -72,7 +72,10 @@ class Stats:
         return 60.0 * self.evaluated / max(time.monotonic() - self.started, 1e-9)
 
 
-def run(store: Store, config: Config, operator: Operator, progress: Progress, *, islands: int, iterations: int, from_rev: str | None = None) -> Stats:
+def run(store: Store, config: Config, operator: Operator, progress: Progress, *, islands: int, iterations: int | None,
+        from_rev: str | None = None, seconds: float | None = None) -> Stats:
+    """Make `iterations` candidates (None: no limit), starting no new batch after `seconds` (None: no limit)."""
+    deadline = None if seconds is None else time.monotonic() + seconds
     with run_lock(store):
         population = start(store, config, islands, from_rev)
         evaluator = Evaluator(store, config, population.base)
@@ -89,8 +92,9 @@ def run(store: Store, config: Config, operator: Operator, progress: Progress, *,
                     raise GitevolveError(f"island {island}'s starting commit {seed.sha[:10]} did not pass the evaluator "
                                          f"({_why(store, seed.sha)}): fix it, then run again (`gitevolve show {seed.sha[:10]}`)")
             iteration, done = population.next_iteration(), 0
-            while done < iterations:
-                batch = list(range(iteration, iteration + min(config.workers, iterations - done)))
+            while (iterations is None or done < iterations) and (deadline is None or time.monotonic() < deadline):
+                size = config.workers if iterations is None else min(config.workers, iterations - done)
+                batch = list(range(iteration, iteration + size))
                 plans = [p for p in (plan(store, config, population, i, stats) for i in batch) if p is not None]
                 # Asked before anything is committed: a model error that stops the run leaves no half-made batch.
                 proposals = propose_all(operator, plans)

@@ -31,11 +31,12 @@ def _score(c: Candidate | None) -> str:
     return format_score(c.score if c else None)
 
 
-def _headline(population: Population, stats: Stats, total: int) -> str:
+def _headline(population: Population, stats: Stats, total: int | None) -> str:
     best = population.best()
     where = "" if best is None or best.island is None else f" (island {best.island}, {best.sha[:10]})"
     return (
-        f"evaluated {stats.evaluated} · iterations {stats.done}/{total} · {stats.per_minute():.1f} evaluations/min · "
+        f"evaluated {stats.evaluated} · iterations {stats.done}{'' if total is None else f'/{total}'} · "
+        f"{stats.per_minute():.1f} evaluations/min · "
         f"best {_score(best)}{where}"
     )
 

@@ -159,3 +159,13 @@ def test_migration_when_the_base_has_history_without_the_program(tmp_path):
     make_repo(repo)
     ok(gitevolve(repo, "run", "--iterations", "12"))
     assert any(n["operator"].startswith("migration") for n in notes(repo).values())
+
+
+def test_a_time_budget_stops_the_run_and_a_bad_one_says_what_to_write(repo):
+    ok(gitevolve(repo, "run", "--time", "1h", "--iterations", "2"))  # both: whichever comes first
+    assert len(notes(repo)) == 1 + 2
+    done = ok(gitevolve(repo, "run", "--time", "4s"))
+    # Without --iterations the budget alone decides: past the config's 9 (a toy candidate takes well under 0.4 s).
+    assert len(notes(repo)) > 1 + 2 + 9 and "Done:" in done.stdout
+    bad = gitevolve(repo, "run", "--time", "soon")
+    assert bad.returncode != 0 and "--time: expected a duration such as 90s, 10m or 1.5h, got 'soon'" in bad.stderr
