@@ -90,6 +90,7 @@ def run(
     best = max((r for r in board["islands"] if r["score"] is not None), key=lambda r: r["score"], default=None)
     skipped = ", ".join(f"{n} {kind}" for kind, n in sorted(stats.rejected.items()))
     taken = f", {stats.duplicates} took the result of the same program evaluated before" if stats.duplicates else ""
+    taken += f", {stats.remeasured} re-measured challengers and champions head to head" if stats.remeasured else ""
     console.print(f"Done: {stats.evaluated} evaluated{taken} ({stats.failed} failed, {stats.migrations} migrations)"
                   + (f"; no candidate from: {skipped}" if skipped else "") + ".", highlight=False, soft_wrap=True)
     if best:

@@ -96,6 +96,14 @@ class MutationConfig(_Section):
     builtin_share: float = Field(default=0.0, ge=0, le=1)  # with a model: share of mutations left to the built-in operator
 
 
+class ChampionConfig(_Section):
+    # A challenger about to take an island's branch is first evaluated again, interleaved with
+    # the champion (C, I, I, C ...), this many times each; 0: the first draw decides. On a noisy
+    # machine the best of many draws is partly the luckiest.
+    remeasure: int = Field(default=2, ge=0, le=10)
+    margin: float = Field(default=0.0, ge=0, le=1)  # by how much (relative) its re-measured mean must lead
+
+
 ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 LITERAL_KEY = ("a key written into .gitevolve.yml would land in a commit: put it in an environment variable "
                "and name the variable in llm.api_key_env")
@@ -168,6 +176,7 @@ class Config(_Section):
     migration: MigrationConfig = MigrationConfig()
     features: list[FeatureConfig] = []
     mutation: MutationConfig = MutationConfig()
+    champion: ChampionConfig = ChampionConfig()
     llm: LLMConfig | None = None
 
     @model_validator(mode="after")

@@ -24,16 +24,18 @@ import json
 import os
 import queue
 import random
+import statistics
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
-from typing import Iterator
+from typing import Callable, Iterator
 
 from gitevolve import __version__, migrate, selection, worktrees
 from gitevolve.config import Config
+from gitevolve.duel import Duel, duel, measurements
 from gitevolve.errors import GitevolveError
 from gitevolve.evaluate import Evaluation, evaluate, hook_environment, terminate_all
 from gitevolve.mutate import MutationRejected, Observed, Operator, Program, Proposal, tunables
@@ -62,6 +64,7 @@ class Stats:
     evaluated: int = 0
     failed: int = 0
     duplicates: int = 0  # candidates that took an earlier evaluation's result instead of their own
+    remeasured: int = 0  # evaluations of challengers and champions head to head (duel.py)
     migrations: int = 0
     rejected: dict[str, int] = field(default_factory=dict)  # mutation failures by reason kind
 
@@ -356,13 +359,14 @@ class Evaluator:
         with ThreadPoolExecutor(max_workers=self.config.workers) as pool:
             futures = {pool.submit(work, job): job for job in first}
             for future in as_completed(futures):
-                scored = self.record(futures[future], future.result(), population, stats)
+                scored = self.record(futures[future], future.result(), population, stats, progress.say)
                 progress.update(population, stats, scored)
         for job in again:
             original = population.evaluated(job.candidate.content)
             if original is None:  # the evaluation it waited for was interrupted
                 continue
-            scored = self.record(replace(job, duplicate_of=original.sha), taken(self.store, original), population, stats)
+            scored = self.record(replace(job, duplicate_of=original.sha), taken(self.store, original), population, stats,
+                                 progress.say)
             progress.update(population, stats, scored)
 
     def evaluate_at(self, path, c: Candidate) -> Evaluation:
@@ -373,7 +377,33 @@ class Evaluator:
         }, self.secrets)
         return evaluate(path, self.stages, env, retries=self.config.evaluator.retries)
 
-    def record(self, job: Job, result: Evaluation, population: Population, stats: Stats) -> Candidate:
+    def head_to_head(self, incumbent: Candidate, challenger: Candidate, note: dict, population: Population,
+                     stats: Stats) -> Duel:
+        """Both evaluated again, interleaved; each one's score becomes the mean of its measurements
+        (the challenger's in `note`, the incumbent's note rewritten)."""
+        champion = self.config.champion
+        fight = duel(self.measure, incumbent, challenger, champion.remeasure, champion.margin)
+        stats.remeasured += len(fight.challenger) + len(fight.incumbent)
+        ours = measurements(note) + [x for x in fight.challenger if x is not None]
+        note.update(score=statistics.mean(ours), measurements=ours, duel=fight.to_json(incumbent.sha))
+        theirs_note = self.store.note(incumbent.sha) or {}
+        theirs = measurements(theirs_note) + [x for x in fight.incumbent if x is not None]
+        if theirs:
+            theirs_note.update(score=statistics.mean(theirs), measurements=theirs)
+            self.store.record(incumbent.sha, theirs_note)
+            population.add(replace(incumbent, score=theirs_note["score"]))
+        return fight
+
+    def measure(self, c: Candidate) -> float | None:
+        """One more evaluation of `c`, in a worktree of its own beside the workers': its score, None if it failed."""
+        path = worktrees.checkout(self.store, self.config.workers, c.sha)
+        result = self.evaluate_at(path, c)
+        if result.reason == "interrupted":
+            raise KeyboardInterrupt
+        return result.score if result.status == "ok" else None
+
+    def record(self, job: Job, result: Evaluation, population: Population, stats: Stats,
+               say: Callable[[str], None] | None = None) -> Candidate:
         if result.reason == "interrupted":
             raise KeyboardInterrupt  # the run is stopping: leave the candidate unscored for the next run
         c = job.candidate
@@ -396,6 +426,13 @@ class Evaluator:
             # which of two equal candidates finished evaluating first.
             if current is None or not current.alive or rank(scored) > rank(current):
                 champion = (c.island, population.champions[c.island])
+            if champion is not None and current is not None and current.alive and self.config.champion.remeasure:
+                fight = self.head_to_head(current, scored, note, population, stats)
+                scored = replace(scored, score=note["score"])
+                if say is not None:
+                    say(f"{c.sha[:10]} island {c.island}: {fight.describe()}")
+                if not fight.won:
+                    champion = None
         moved = self.store.record(c.sha, note, champion)
         population.add(scored)
         if champion is not None:

@@ -40,6 +40,7 @@ class Candidate:
     # candidates with one content are one program, evaluated once (loop.py).
     content: str | None = None
     duplicate_of: str | None = None  # the candidate whose evaluation this one took
+    measurements: tuple = field(default=(), compare=False)  # every score it got, re-measurements included (duel.py)
 
     @property
     def alive(self) -> bool:
@@ -69,6 +70,7 @@ class Candidate:
             settings=note.get("settings") or {},
             content=note.get("content") or note.get("tree"),
             duplicate_of=note.get("duplicate_of"),
+            measurements=tuple(x for x in map(number, note.get("measurements") or []) if x is not None),
         )
 
 

@@ -31,6 +31,7 @@ def leaderboard(store: Store, population: Population, top: int = 0) -> dict:
             "champion": population.champions[k],
             "score": champion.score if champion else None,
             "remeasured": champion.remeasured if champion else None,
+            "measurements": list(champion.measurements) if champion else [],
             "subject": champion.subject if champion else "",
             "candidates": len(members),
             "ok": sum(c.status == "ok" for c in members),
@@ -78,11 +79,16 @@ def format_score(score: float | None) -> str:
 
 
 def _score_cell(row: dict) -> str:
-    """The run's score, and beside it the re-measured one where `promote` measured it again:
-    the best of many noisy draws is partly the luckiest."""
-    if row.get("remeasured") is None:
-        return format_score(row["score"])
-    return f"{format_score(row['score'])} (re-measured {format_score(row['remeasured'])})"
+    """The run's score, with how sure it is: the number of measurements behind it and their spread
+    where the champion was measured more than once, and `promote`'s re-measured score: the best of
+    many noisy draws is partly the luckiest."""
+    cell = format_score(row["score"])
+    scores = row.get("measurements") or []
+    if len(scores) > 1 and row["score"]:
+        cell += f" (n={len(scores)}, ±{(max(scores) - min(scores)) / 2 / abs(row['score']):.1%})"
+    if row.get("remeasured") is not None:
+        cell += f" (re-measured {format_score(row['remeasured'])})"
+    return cell
 
 
 def render_leaderboard(board: dict) -> str:
