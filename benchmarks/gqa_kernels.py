@@ -3,7 +3,10 @@
     python benchmarks/gqa_kernels.py --kernel examples/gqa-cuda/attention.py
     python benchmarks/gqa_kernels.py --kernel gitevolve/island-2 --file attention.py   # a commit-ish
     python benchmarks/gqa_kernels.py --kernel K --set THREADS=128 --set SHARE_KV=True --json out.json
-    python benchmarks/gqa_kernels.py --kernel K --sweep --json sweep.json   # tune the tunables first
+
+The candidate is a run's pick, found by the product, not by this script: `gitevolve run --time
+10m` in a repository made by `gitevolve init --example gqa-cuda`, then `--kernel
+gitevolve/island-K` (the island `gitevolve status` ranks first). This script only measures it.
 
 For every scenario (decode with 40:8 and 16:8 heads against caches of 512 to 32768 tokens, decode
 on a strided view of a cache as mlx-lm hands it over, batches above one, prefill of 2048 tokens)
@@ -23,11 +26,7 @@ and the interquartile spread are reported. It also measures the device's copy an
 (MLX and torch) and the fraction of it the candidate reaches on decode (the K/V bytes that must be
 read, over its amortised time), and checks every scenario's output against the float32 reference
 on fresh inputs, computed on the CPU stream (on a CUDA GPU, MLX's float32 matmuls run as TF32,
-~2e-3 off in float32). --sweep first walks the candidate's tunables (coordinate descent on time per
-call and amortised, in phases: the decode tunables on decode scenarios, the vector kernel's own
-on float32 decode once the tensor cores decode 16-bit types, then the prefill ones on prefill
-scenarios; each setting is checked for correctness, then timed interleaved with the best setting
-so far and kept only if at least 3% faster in two races) and then benchmarks the best setting found.
+~2e-3 off in float32).
 """
 
 from __future__ import annotations
@@ -45,7 +44,6 @@ import time
 import traceback
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -55,7 +53,6 @@ import numpy as np  # noqa: E402
 
 from benchmarks.candidate_file import candidate_file  # noqa: E402
 from evaluators.gqa import baseline as mlx_baseline, guards, race  # noqa: E402
-from evaluators.gqa.summary import geomean  # noqa: E402
 from evaluators.gqa.correctness import QUERY_STD, fresh_seed  # noqa: E402
 from evaluators.gqa.reference import gqa_reference  # noqa: E402
 from evaluators.gqa.shapes import ITEMSIZE  # noqa: E402
@@ -154,39 +151,6 @@ SETS = {
         _prefill(QWEN14, 40),
     ),
 }
-# The sweep's objective: decode time per call and amortised, geometric mean over these.
-SWEEP_TIMED = (
-    _decode(QWEN14, 512), _decode(QWEN14, 2048), _decode(QWEN14, 8192), _decode(QWEN14, 32768),
-    _decode(QWEN06, 32768),
-)
-# Every setting of the sweep must be right on these first (splits, bf16, float32, causal prefill
-# after a cache).
-SWEEP_CHECKED = (
-    Scenario("check-decode-40:8-1000", 1, 40, 8, 1, 1000),
-    Scenario("check-decode-16:8-777-b2", 2, 16, 8, 1, 777),
-    Scenario("check-decode-16:8-1023-fp32", 1, 16, 8, 1, 1023, "float32"),
-    Scenario("check-prefill-40:8-37-after-63", 1, 40, 8, 37, 100),
-)
-SWEEP_CPU_TIMED = (_decode(QWEN14, 300), _decode(QWEN06, 600))
-# Tunables that shape only the vector kernel. Once DOT="mma" wins, that kernel serves only what the
-# tensor cores cannot (float32, groups of more than 16 heads), 16-bit decode time can no longer tell
-# their choices apart, and they would stay at the file's plain values: 0.64x MLX per call on the
-# evaluator's float32 decode, on the H100 and the H200. So the sweep tunes them in a phase of their
-# own, on float32 decode time. Kept in the first phase's objective instead, a split minimum that
-# halved the float32 decode's GPU time (71 to 37 us on the H200) moved the geometric mean over six
-# scenarios by 3%, within the noise, and lost its second race.
-VECTOR_TUNABLES = ("KEY_LANES", "VEC", "SHARE_KV", "ONLINE_SOFTMAX", "UNROLL", "MIN_SPLIT_KEYS")
-SWEEP_FLOAT32_TIMED = (_decode(QWEN06, 1024, dtype="float32"), _decode(QWEN14, 8192, dtype="float32"))
-SWEEP_CPU_FLOAT32_TIMED = (_decode(QWEN06, 300, dtype="float32"),)
-# Tunables that choose or shape only the prefill kernel (Lq > 1). The sweep tunes them in a phase
-# of their own, on prefill time: decode time cannot tell their choices apart, so on decode alone they
-# would keep whatever value the file starts with (the plain prefill: 24x slower than "mma" at 2048
-# tokens on the H100).
-PREFILL_TUNABLES = ("PREFILL", "WGMMA_GROUPS", "WGMMA_PIPELINE")
-SWEEP_PREFILL_TIMED = (_prefill(QWEN14, 2048), _prefill(QWEN06, 2048, dtype="bfloat16"))
-SWEEP_CPU_PREFILL_TIMED = (_prefill(QWEN06, 64),)
-SWEEP_PREFILL_CHECKED = SWEEP_CHECKED + (Scenario("check-prefill-16:8-300-bf16", 1, 16, 8, 300, 300, "bfloat16"),)
-
 
 # ---------------------------------------------------------------------------------------------
 # Inputs
@@ -549,174 +513,6 @@ def table(results: list[dict], bw: dict) -> str:
 
 
 # ---------------------------------------------------------------------------------------------
-# Sweep: coordinate descent over the Python tunables, on the time per call and amortised, in phases
-# (sweep_in_phases): each phase tunes some tunables on the scenarios that tell their choices apart
-
-# A trial replaces the incumbent only when the geometric mean of its time ratios to it, measured
-# interleaved, is below this in two races one after the other.
-SWEEP_MARGIN = 0.97
-
-
-def sweep(module, calls: int, rounds: int, budget_s: float, timed=SWEEP_TIMED, checked=SWEEP_CHECKED,
-          start: dict | None = None, log=print, names=None) -> dict:
-    """Coordinate descent over the candidate's tunables (those in `names`, all if None) on the
-    scenarios `timed`. Each trial setting must be right on
-    `checked`, then it races the incumbent (the best setting so far, held by a second instance of
-    the candidate) round by round on the same inputs, per call and amortised, and wins only by
-    SWEEP_MARGIN, twice. Why all of it, from the lent H100:
-      - settings timed minutes apart moved by about 15% from drift alone, and a sweep that compared
-        such times picked a setting a third slower on the GPU than the best one it had tried;
-      - one race still let through settings that cannot matter (VEC, which the tensor-core decode
-        never reads, won by 10%), so a win must hold in a second race;
-      - on the amortised time alone, it picked unsplit decode: 50 calls in flight keep the GPU busy
-        without splits, but one call alone then took 263 us at a 32k cache against 143 split."""
-    space = {k: v for k, v in tunables(module).items() if names is None or k in names}
-    initial = current_settings(module)
-    incumbent = guards.load_candidate(Path(module.__file__))
-    sets = {s.name: [mlx_inputs(s) for _ in range(calls)] for s in timed}
-    mlx_times = {}
-    warm_up(0.2 if mx.default_device() == mx.cpu else 2.0)
-    for s in timed:
-        c = mlx_contender("mlx", baseline_fn, s, inputs=sets[s.name])
-        mlx_times[s.name] = {"amortised": time_amortised([c], rounds)["mlx"]["median_us"],
-                             "per_call": time_per_call([c], _per_call_rounds(rounds))["mlx"]["median_us"]}
-    log("mlx us (amortised, per call): " + ", ".join(
-        f"{k} {v['amortised']:.1f}, {v['per_call']:.1f}" for k, v in mlx_times.items()))
-    seen: dict[str, dict] = {}
-    began = time.perf_counter()
-
-    def race(settings: dict, rival=None, rounds_here: int = rounds) -> dict:
-        """`settings` checked, then timed alone or, given a rival module, interleaved with it."""
-        apply_settings(module, settings)
-        entry = {"settings": dict(settings)}
-        try:
-            wrong = _first_wrong(module.gqa_attention, checked)
-            if wrong:
-                entry.update(ok=False, failed=wrong[0], error=wrong[1])
-            else:
-                ours, theirs = {}, {}
-                for s in timed:
-                    contenders = [mlx_contender("trial", module.gqa_attention, s, inputs=sets[s.name])]
-                    if rival is not None:
-                        contenders.append(mlx_contender("incumbent", rival.gqa_attention, s, inputs=sets[s.name]))
-                    amortised = time_amortised(contenders, rounds_here)
-                    per_call = time_per_call(contenders, _per_call_rounds(rounds_here))
-                    for name, got in (("trial", ours), ("incumbent", theirs)):
-                        if name in amortised:
-                            got[f"{s.name} amortised"] = amortised[name]["median_us"]
-                            got[f"{s.name} per call"] = per_call[name]["median_us"]
-                entry.update(ok=True, times_us=ours, geomean_us=geomean(ours.values()))
-                if rival is not None:
-                    entry.update(incumbent_us=theirs, ratio=geomean(ours[n] / theirs[n] for n in ours))
-        except Exception as e:  # a compile error or a bad launch: this setting fails, the sweep goes on
-            entry.update(ok=False, failed="exception", error=f"{type(e).__name__}: {str(e)[:2000]}")
-        if not entry.get("ok"):
-            shown = f"FAILED ({entry.get('failed')}: {entry.get('error')})"
-        else:
-            shown = f"{entry['geomean_us']:.1f} us" + (f" x{entry['ratio']:.3f}" if "ratio" in entry else "")
-        log(f"[{time.perf_counter() - began:6.1f}s] {shown:>20}  {_diff(settings, initial)}")
-        return entry
-
-    def measure(settings: dict, rival=None, rounds_here: int = rounds) -> dict:
-        """A race, and a second one when the trial wins the first; a setting is raced once. A
-        setting that raced twice is recorded by the race less kind to it: its times and its ratio
-        (a second race that failed fails the setting)."""
-        key = _key(settings)
-        if key not in seen:
-            entry = race(settings, rival, rounds_here)
-            if entry.get("ratio", 1.0) < SWEEP_MARGIN:
-                first, again = entry, race(settings, rival, rounds_here)
-                entry = {**max(first, again, key=lambda e: e.get("ratio", float("inf"))), "first_ratio": first["ratio"]}
-            seen[key] = entry
-        return seen[key]
-
-    measure(initial, rounds_here=1)  # the file's own setting, for the record (it can be very slow: one round)
-    best = dict(start or initial)
-    best_entry = measure(best)
-    apply_settings(incumbent, best)
-    out_of_time = lambda: time.perf_counter() - began > budget_s  # noqa: E731
-    for _ in range(2):  # at most two passes over the tunables
-        improved = False
-        for name, choices in space.items():
-            for value in choices:
-                if value == best[name] or out_of_time():
-                    continue
-                trial = {**best, name: value}
-                if _key(trial) in seen:  # an earlier incumbent, or a setting that lost its race
-                    continue
-                entry = measure(trial, rival=incumbent if best_entry.get("ok") else None)
-                if entry.get("ok") and (not best_entry.get("ok") or entry["ratio"] < SWEEP_MARGIN):
-                    best, best_entry, improved = trial, entry, True
-                    apply_settings(incumbent, best)
-        if out_of_time():
-            log("sweep budget spent")
-        if not improved or out_of_time():
-            break
-    apply_settings(module, best)
-    history = list(seen.values())
-    return {"initial": initial, "best": best, "best_entry": best_entry, "mlx_us": mlx_times,
-            "margin": SWEEP_MARGIN, "tried": history, "initial_entry": history[0]}
-
-
-@dataclass(frozen=True)
-class Phase:
-    """One phase of the sweep: which tunables it may change, and the scenarios it times them on."""
-    name: str
-    tunables: set
-    timed: tuple
-    checked: tuple
-    needs: Callable[[dict], bool] = lambda best: True  # whether it runs, given the best setting so far
-
-
-def sweep_in_phases(module, calls: int, rounds: int, budget_s: float, cpu: bool, start: dict, log=print) -> dict:
-    """The sweep in phases, each with `budget_s` and each from the best setting found before it:
-      decode          every tunable but the prefill ones, on 16-bit decode time;
-      float32_decode  the vector kernel's own tunables (VECTOR_TUNABLES) on float32 decode time,
-                      when the first phase chose DOT="mma" (otherwise it timed that kernel already);
-      prefill         PREFILL_TUNABLES on prefill time.
-    A phase runs only for the tunables the candidate has. "best" is the setting they found together."""
-    names = set(tunables(module))
-    phases = (
-        Phase("decode", names - set(PREFILL_TUNABLES), SWEEP_CPU_TIMED if cpu else SWEEP_TIMED, SWEEP_CHECKED),
-        Phase("float32_decode", names & set(VECTOR_TUNABLES), SWEEP_CPU_FLOAT32_TIMED if cpu else SWEEP_FLOAT32_TIMED,
-              SWEEP_CHECKED, needs=lambda best: best.get("DOT") == "mma"),
-        Phase("prefill", names & set(PREFILL_TUNABLES), SWEEP_CPU_PREFILL_TIMED if cpu else SWEEP_PREFILL_TIMED,
-              SWEEP_PREFILL_CHECKED),
-    )
-    result, best = {}, start
-    for phase in phases:
-        if not phase.tunables or not phase.needs(best):
-            continue
-        log(f"sweep, {phase.name} phase: {', '.join(sorted(phase.tunables))}")
-        result[phase.name] = sweep(module, calls, rounds, budget_s, timed=phase.timed, checked=phase.checked,
-                                   start=best, log=log, names=phase.tunables)
-        best = result[phase.name]["best"]
-    return {"best": best, **result}
-
-
-def _per_call_rounds(rounds: int) -> int:
-    """Rounds of single calls for `rounds` amortised rounds: a call alone is cheap and noisier."""
-    return max(4, 4 * rounds)
-
-
-def _key(settings: dict) -> str:
-    return json.dumps(settings, sort_keys=True)
-
-
-def _first_wrong(fn, checked) -> tuple[str, float] | None:
-    """The first scenario of `checked` on which `fn` is wrong, with its worst error; None if none."""
-    for s in checked:
-        c = check(fn, s, calls=1)
-        if not c["ok"]:
-            return s.name, c.get("max_abs_error")
-    return None
-
-
-def _diff(settings: dict, initial: dict) -> str:
-    return " ".join(f"{k}={v!r}" for k, v in settings.items() if initial.get(k) != v) or "(initial)"
-
-
-# ---------------------------------------------------------------------------------------------
 
 
 def scenarios_named(spec: str) -> tuple:
@@ -736,7 +532,7 @@ def add_candidate_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--kernel", required=True, help="a candidate attention.py, or a commit-ish holding one")
     p.add_argument("--file", default="attention.py", help="the candidate's path inside the commit-ish")
     p.add_argument("--set", action="append", default=[], metavar="NAME=VALUE", help="override a tunable")
-    p.add_argument("--settings-from", help="a JSON file from --sweep (or one with a 'best' or 'settings' dict)")
+    p.add_argument("--settings-from", help="a JSON file with a 'best' or 'settings' dict (an older record's pick)")
 
 
 def candidate_from_arguments(args) -> tuple[object, str]:
@@ -758,12 +554,6 @@ def main(argv=None) -> int:
     p.add_argument("--quick", action="store_true", help="fewer scenarios and rounds")
     p.add_argument("--calls", type=int, default=50, help="calls per amortised measurement (distinct K/V buffers)")
     p.add_argument("--rounds", type=int, default=None, help="per-call rounds (default 30, quick 10)")
-    p.add_argument("--sweep", action="store_true", help="tune the candidate's tunables before the benchmark")
-    p.add_argument("--sweep-only", action="store_true", help="tune, save, and skip the benchmark")
-    p.add_argument("--sweep-budget", type=float, default=240.0,
-                   help="seconds for each phase of the sweep (decode tunables, then prefill tunables)")
-    p.add_argument("--start", action="append", default=[], metavar="NAME=VALUE",
-                   help="where the sweep starts (on top of the candidate's own values)")
     p.add_argument("--mlx-decode-mask", choices=["causal", "none"], default="none",
                    help="MLX's mask for decode scenarios (the same result either way; see baseline_fn)")
     p.add_argument("--json", help="write all results here")
@@ -775,15 +565,6 @@ def main(argv=None) -> int:
     report: dict = {"kernel": where, "versions": versions(), "mlx_decode_mask": args.mlx_decode_mask}
     print(f"candidate: {where}   device: {report['versions'].get('gpu') or report['versions']['device']}", flush=True)
 
-    if args.sweep or args.sweep_only:
-        report["sweep"] = sweep_in_phases(
-            module, min(args.calls, 8) if cpu else args.calls, 2 if cpu else 3, args.sweep_budget, cpu,
-            start={**current_settings(module), **parse_set(args.start)}, log=lambda m: print(m, flush=True))
-        print("best setting: " + json.dumps(report["sweep"]["best"]), flush=True)
-        if args.json:
-            Path(args.json).write_text(json.dumps(report, indent=1, default=str))
-        if args.sweep_only:
-            return 0
     report["settings"] = current_settings(module)
 
     scenarios = scenarios_named(args.scenarios or ("cpu" if cpu else "quick" if args.quick else "full"))
