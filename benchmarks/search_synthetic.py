@@ -21,7 +21,9 @@ Per operator, over the seeds:
   - evaluations to within 3%: how many real evaluations it took until the best one so far scored
     at least 97% of the optimum: median over the seeds, "never" when the median seed did not get
     there within N;
-  - failed: the share of the N that the objective refused.
+  - failed: the share of the N that the objective refused;
+  - candidates/s: every candidate the run committed (duplicates and failures included) over the
+    seconds `gitevolve run` took, start-up included: the loop's own pace with an instant hook.
 With --noise P the hook multiplies each score by a random factor of relative sd P; the figures then
 take the candidate with the best measured score and read its noise-free score (the metric `exact`),
 since a lucky measurement is not a better program.
@@ -214,7 +216,9 @@ def run_config(args: argparse.Namespace, operator: str, seed: int) -> dict:
             "champion": {"remeasure": 2 if args.noise else 0}}
 
 
-def gitevolve_run(repo: Path, iterations: int, log: Path) -> None:
+def gitevolve_run(repo: Path, iterations: int, log: Path) -> float:
+    """One `gitevolve run` in `repo`: the seconds it took, start-up included."""
+    began = time.monotonic()
     done = subprocess.run([sys.executable, "-m", "gitevolve", "run", "--iterations", str(iterations)], cwd=repo,
                           env=git_env(), capture_output=True, text=True)
     with log.open("a") as f:
@@ -222,6 +226,7 @@ def gitevolve_run(repo: Path, iterations: int, log: Path) -> None:
     if done.returncode != 0:
         last = (done.stderr.strip() or done.stdout.strip() or f"exit status {done.returncode}").splitlines()[-1]
         raise SystemExit(f"{repo.name}: gitevolve run failed: {last}")
+    return time.monotonic() - began
 
 
 def evaluations(repo: Path, islands: int) -> list[dict]:
@@ -242,22 +247,34 @@ def evaluations(repo: Path, islands: int) -> list[dict]:
     return [note for _, note in sorted(notes, key=when)]
 
 
-def run_seed(args: argparse.Namespace, workdir: Path, operator: str, seed: int) -> tuple[list[dict], int]:
-    """One seed's run, extended until it holds enough real evaluations: (the evaluations, invocations)."""
+@dataclass
+class Seeded:
+    made: list  # the real evaluations, in the order the run made them
+    invocations: int = 0
+    candidates: int = 0  # every candidate committed, duplicates and failures included
+    seconds: float = 0.0  # in `gitevolve run`, start-up included
+
+
+def run_seed(args: argparse.Namespace, workdir: Path, operator: str, seed: int) -> Seeded:
+    """One seed's run, extended until it holds enough real evaluations."""
     repo = workdir / f"{operator}-seed{seed}"
     make_repo(repo, run_config(args, operator, seed))
-    iterations, asked, made = args.evaluations, 0, []
+    iterations, asked, out = args.evaluations, 0, Seeded([])
     for invocation in range(1, MAX_RUNS + 1):
-        gitevolve_run(repo, iterations, workdir / f"{repo.name}.log")
+        out.seconds += gitevolve_run(repo, iterations, workdir / f"{repo.name}.log")
+        out.invocations = invocation
         asked += iterations
-        made = evaluations(repo, args.islands)
-        if len(made) >= args.evaluations:
-            return made, invocation
+        out.made = evaluations(repo, args.islands)
+        store = Store(repo)
+        out.candidates = len(store.read_notes(store.ref_state().notes)) - 1  # the seed is no candidate made
+        if len(out.made) >= args.evaluations:
+            return out
         # The shortfall at the yield seen so far (duplicates and refused mutations make no evaluation),
         # bounded so that an operator that makes almost none cannot keep a seed going for hours.
-        iterations = min(math.ceil((args.evaluations - len(made)) * asked / max(len(made), 1)), 4 * args.evaluations)
-    print(f"  {repo.name}: only {len(made)} real evaluations after {MAX_RUNS} runs", file=sys.stderr)
-    return made, MAX_RUNS
+        iterations = min(math.ceil((args.evaluations - len(out.made)) * asked / max(len(out.made), 1)),
+                         4 * args.evaluations)
+    print(f"  {repo.name}: only {len(out.made)} real evaluations after {MAX_RUNS} runs", file=sys.stderr)
+    return out
 
 
 def outcome(made: list[dict], n: int, optimum: float) -> dict:
@@ -287,6 +304,7 @@ def summary_row(operator: str, runs: list[dict], n: int) -> list:
         "never" if math.isinf(median_reach) else f"{median_reach:g}",
         f"{sum(k is not None for k in reached)}/{len(runs)}",
         f"{statistics.median(r['failed'] / max(r['evaluations'], 1) for r in runs):.0%}",
+        f"{statistics.median(r['candidates'] / r['run_seconds'] for r in runs):.1f}",
         f"{statistics.median(r['seconds'] for r in runs):.0f}" + ("" if short >= n else f" (only {short} evaluations)"),
     ]
 
@@ -316,9 +334,11 @@ def main() -> int:
         for operator in operators:
             for seed in range(args.seeds):
                 began = time.monotonic()
-                made, invocations = run_seed(args, workdir, operator, seed)
+                seeded = run_seed(args, workdir, operator, seed)
+                made, invocations = seeded.made, seeded.invocations
                 result = {"seed": seed, **outcome(made, args.evaluations, space["optimum"]), "invocations": invocations,
                           "evaluated": len(made), "seconds": time.monotonic() - began,
+                          "candidates": seeded.candidates, "run_seconds": seeded.seconds,
                           "trajectory": [n["metrics"]["exact"] if n.get("status") == "ok" else None for n in made]}
                 runs[operator].append(result)
                 reached = result["within_3pct_after"]
@@ -337,7 +357,7 @@ def main() -> int:
           f"({space['initial'] / space['optimum']:.1%} of it).\n")
     n = args.evaluations
     headers = ["operator", f"best in first {n} / optimum (median)", "min - max", "evaluations to within 3% (median)",
-               "seeds within 3%", "failed", "s per seed"]
+               "seeds within 3%", "failed", "candidates/s", "s per seed"]
     print(tabulate([summary_row(o, runs[o], n) for o in operators], headers=headers))
     print(f"\n{args.seeds} seed(s), {args.islands} islands, {args.workers} workers, noise {args.noise:g}; "
           f"{time.monotonic() - started:.0f} s in all.")
