@@ -31,6 +31,9 @@ class StageConfig(_Section):
     command: str = Field(min_length=1)
     timeout: float = Field(default=300.0, gt=0)
     threshold: float | None = None
+    # Relative to the island's champion: the stage must score at least this share of the
+    # champion's score at this stage, or the candidate is rejected before the later stages.
+    within: float | None = Field(default=None, gt=0, le=1)
 
 
 class EvaluatorConfig(_Section):
@@ -50,7 +53,7 @@ class EvaluatorConfig(_Section):
     def stage_list(self) -> list[Stage]:
         if self.stages is None:
             return [Stage(name="main", command=self.command or "", timeout=self.timeout)]
-        return [Stage(s.name, s.command, s.timeout, s.threshold) for s in self.stages]
+        return [Stage(s.name, s.command, s.timeout, s.threshold, s.within) for s in self.stages]
 
 
 class SelectionConfig(_Section):

@@ -41,6 +41,9 @@ class Stage:
     command: str
     timeout: float
     threshold: float | None = None
+    # A bar relative to the island's champion: the stage's score must reach this share of the
+    # champion's score at the same stage (the loop turns it into a number per island: `bars`).
+    within: float | None = None
 
 
 @dataclass(frozen=True)
@@ -53,6 +56,7 @@ class Evaluation:
     stage: str
     attempts: int
     seconds: float
+    stages: dict = field(default_factory=dict)  # the score of every stage that gave one, by name
 
     def to_json(self) -> dict:
         return {
@@ -64,6 +68,7 @@ class Evaluation:
             "stage": self.stage,
             "attempts": self.attempts,
             "seconds": round(self.seconds, 3),
+            "stages": dict(self.stages),
         }
 
 
@@ -497,10 +502,12 @@ def evaluate(
     env: Mapping[str, str],
     retries: int = 0,
     backoff: float = 1.0,
+    bars: Mapping[str, float] | None = None,
 ) -> Evaluation:
-    """Run the stages in the worktree (cwd), cascade with thresholds, transient retries with
-    exponential backoff + jitter (backoff * 2**k), merge metrics, return one Evaluation.
-    Never raises for anything the hook does."""
+    """Run the stages in the worktree (cwd), cascade with thresholds (a stage's own, and the
+    `bars` the loop sets from the island's champion), transient retries with exponential backoff
+    + jitter (backoff * 2**k), merge metrics, return one Evaluation. Never raises for anything
+    the hook does."""
     if not stages:
         raise ValueError("evaluate() needs at least one stage")
     worktree = Path(worktree)
@@ -511,10 +518,12 @@ def evaluate(
     artifacts: dict[str, str] = {}
     attempts = 0
 
+    scores: dict = {}
+
     def result(status, score, reason, stage):
         return Evaluation(
             status, score, metrics, artifacts, reason, stage.name, attempts,
-            time.monotonic() - started,
+            time.monotonic() - started, dict(scores),
         )
 
     score = None
@@ -544,11 +553,19 @@ def evaluate(
         artifacts.update(outcome.artifacts)
         if outcome.kind == "failed":
             return result("failed", None, outcome.reason, stage)
-        score = outcome.score
+        score = scores[stage.name] = outcome.score
         if stage.threshold is not None and score < stage.threshold:
             return result(
                 "rejected", score,
                 f"stage {stage.name!r} scored {score:g}, below its threshold {stage.threshold:g}",
+                stage,
+            )
+        bar = (bars or {}).get(stage.name)
+        if bar is not None and score < bar:
+            return result(
+                "rejected", score,
+                f"stage {stage.name!r} scored {score:g}, below {stage.within:.0%} of the island champion's "
+                f"({bar:g}): not worth the later stages",
                 stage,
             )
     return result("ok", score, None, stage)

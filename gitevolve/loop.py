@@ -347,7 +347,7 @@ class Evaluator:
             slot = free.get()
             try:
                 path = worktrees.checkout(self.store, slot, job.candidate.sha)
-                return self.evaluate_at(path, job.candidate)
+                return self.evaluate_at(path, job.candidate, self.bars(job.candidate, population))
             finally:
                 free.put(slot)
 
@@ -369,13 +369,22 @@ class Evaluator:
                                  progress.say)
             progress.update(population, stats, scored)
 
-    def evaluate_at(self, path, c: Candidate) -> Evaluation:
+    def bars(self, c: Candidate, population: Population) -> dict[str, float]:
+        """The scores `c` must reach at the stages with a bar relative to its island's champion
+        (`within`): none for a seed, nor where the champion has no positive score at that stage."""
+        champion = population.candidates.get(population.champions.get(c.island, "")) if c.island is not None else None
+        if champion is None or not champion.alive:
+            return {}
+        return {s.name: s.within * champion.stages[s.name] for s in self.stages
+                if s.within is not None and champion.stages.get(s.name, 0) > 0}
+
+    def evaluate_at(self, path, c: Candidate, bars: dict[str, float] | None = None) -> Evaluation:
         """Evaluate candidate `c`, checked out at `path` (the loop's workers, and `promote`'s re-measuring)."""
         env = hook_environment(os.environ, {
             "GITEVOLVE_CANDIDATE": c.sha, "GITEVOLVE_PARENT": c.parent or "", "GITEVOLVE_BASE": self.base,
             "GITEVOLVE_FILES": os.pathsep.join(self.config.files), "GITEVOLVE_RUN": self.store.refs.run,
         }, self.secrets)
-        return evaluate(path, self.stages, env, retries=self.config.evaluator.retries)
+        return evaluate(path, self.stages, env, retries=self.config.evaluator.retries, bars=bars)
 
     def head_to_head(self, incumbent: Candidate, challenger: Candidate, note: dict, population: Population,
                      stats: Stats) -> Duel:
@@ -407,7 +416,7 @@ class Evaluator:
         if result.reason == "interrupted":
             raise KeyboardInterrupt  # the run is stopping: leave the candidate unscored for the next run
         c = job.candidate
-        scored = replace(c, status=result.status, score=result.score, metrics=result.metrics,
+        scored = replace(c, status=result.status, score=result.score, metrics=result.metrics, stages=result.stages,
                          features={"code_length": job.code_length}, duplicate_of=job.duplicate_of)
         note = {
             "status": result.status, "score": result.score, "reason": result.reason,
@@ -415,7 +424,7 @@ class Evaluator:
             "island": c.island, "iteration": c.iteration, "generation": c.generation, "parent": c.parent,
             "tree": c.tree, "content": c.content, "settings": c.settings, "duplicate_of": job.duplicate_of,
             "operator": c.operator, "subject": c.subject, "mutation": job.mutation,
-            "evaluator": self.id, "stage": result.stage, "attempts": result.attempts,
+            "evaluator": self.id, "stage": result.stage, "stage_scores": result.stages, "attempts": result.attempts,
             "seconds": round(result.seconds, 3), "evaluated_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "gitevolve": __version__,
         }
@@ -449,7 +458,7 @@ def taken(store: Store, original: Candidate) -> Evaluation:
     """The evaluation a duplicate of `original` takes: its result, at no cost."""
     note = store.note(original.sha) or {}
     return Evaluation(original.status, original.score, dict(original.metrics), dict(note.get("artifacts") or {}),
-                      note.get("reason"), str(note.get("stage", "")), 0, 0.0)
+                      note.get("reason"), str(note.get("stage", "")), 0, 0.0, dict(original.stages))
 
 
 @contextmanager

@@ -41,6 +41,7 @@ class Candidate:
     content: str | None = None
     duplicate_of: str | None = None  # the candidate whose evaluation this one took
     measurements: tuple = field(default=(), compare=False)  # every score it got, re-measurements included (duel.py)
+    stages: dict = field(default_factory=dict, compare=False)  # its score at each evaluator stage it passed through
 
     @property
     def alive(self) -> bool:
@@ -71,6 +72,7 @@ class Candidate:
             content=note.get("content") or note.get("tree"),
             duplicate_of=note.get("duplicate_of"),
             measurements=tuple(x for x in map(number, note.get("measurements") or []) if x is not None),
+            stages={k: v for k, v in (note.get("stage_scores") or {}).items() if number(v) is not None},
         )
 
 

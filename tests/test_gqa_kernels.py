@@ -76,7 +76,10 @@ def test_example_config_loads_and_names_its_backend(path):
     config = load_config(path.parent)
     assert config.files == ["attention.py"] and config.workers == 1
     backend = path.parent.name.removeprefix("gqa-")
-    assert config.evaluator.command == f"python hooks/gqa_mlx.py --backend {backend} --scenarios gpu --timeout 840"
+    quick, full = config.evaluator.stage_list()  # a cheap first stage, then every scenario
+    assert full.command == f"python hooks/gqa_mlx.py --backend {backend} --scenarios gpu --timeout 840"
+    assert quick.command.startswith(f"python hooks/gqa_mlx.py --backend {backend} --scenarios decode-1000,prefill-2048 ")
+    assert quick.within == 0.9 and quick.timeout < full.timeout
     assert (path.parent / "README.md").is_file() and (path.parent / "system_message.md").is_file()
 
 

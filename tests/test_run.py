@@ -2,7 +2,7 @@
 
 import json
 
-from conftest import HOOK, git, gitevolve, make_repo
+from conftest import CONFIG, HOOK, git, gitevolve, make_repo
 
 
 def notes(repo):
@@ -169,3 +169,18 @@ def test_a_time_budget_stops_the_run_and_a_bad_one_says_what_to_write(repo):
     assert len(notes(repo)) > 1 + 2 + 9 and "Done:" in done.stdout
     bad = gitevolve(repo, "run", "--time", "soon")
     assert bad.returncode != 0 and "--time: expected a duration such as 90s, 10m or 1.5h, got 'soon'" in bad.stderr
+
+
+def test_a_stage_can_reject_candidates_well_below_their_champion_before_the_later_stages(tmp_path):
+    stages = ("evaluator:\n  stages:\n    - {name: quick, command: python score.py, timeout: 20, within: 0.9}\n"
+              "    - {name: full, command: python score.py, timeout: 20}\n")
+    config = CONFIG.replace("evaluator:\n  command: python score.py\n  timeout: 20\n", stages)
+    repo = make_repo(tmp_path / "repo", config=config + "mutation: {operator: tunables}\n")
+    ok(gitevolve(repo, "run", "--iterations", "12"))
+    scored = notes(repo)
+    rejected = [n for n in scored.values() if n["status"] == "rejected"]
+    assert rejected, "the random operator makes worse candidates than their champions"
+    for n in rejected:
+        assert n["stage"] == "quick" and list(n["stage_scores"]) == ["quick"]
+        assert "below 90% of the island champion's" in n["reason"]
+    assert all(set(n["stage_scores"]) == {"quick", "full"} for n in scored.values() if n["status"] == "ok")
