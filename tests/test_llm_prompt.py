@@ -124,3 +124,17 @@ def test_the_ledger_survives_a_second_writer(repo):
     for n in range(5):
         two.record("pro", attempts=1, replied=True, failure="empty reply", parent="a" * 40, reason=f"empty reply: {n}")
     assert [f["reason"] for f in two.feedback("a" * 40)] == ["empty reply: 2", "empty reply: 3", "empty reply: 4"]
+
+
+def test_the_prompt_shows_what_each_tunable_s_values_scored_on_the_island(run):
+    repo, scored = run
+    champion = git(repo, "rev-parse", "gitevolve/island-0").strip()
+    user = prompt(repo, "gitevolve/island-0").split("=== user ===\n")[1]
+    assert "# The tunables, as this island has tried them" in user
+    island = [n for n in scored.values() if n["island"] == 0 and n["status"] != "pending"]
+    b_medium = [n for n in island if n["settings"]["B"] == "medium"]
+    assert b_medium and all(n["status"] == "failed" for n in b_medium)  # CHATTY fails B=medium
+    line = next(line for line in user.splitlines() if line.startswith("- B: "))
+    assert f"'medium': {len(b_medium)} ({len(b_medium)})" in line  # tried, all of them failed
+    current = scored[champion]["settings"]["B"]
+    assert f"{current!r}*:" in line  # the champion's own value is marked

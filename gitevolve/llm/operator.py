@@ -40,6 +40,7 @@ class ModelOperator:
         self.edit_format = config.llm.edit_format
         self.share = config.mutation.builtin_share
         self.concurrency = config.llm.concurrency
+        self.tried: dict[int, list[Observed]] = {}  # per island, every scored candidate (observe)
 
     def propose(self, parent: Program, inspirations: list[Program], rng: random.Random) -> Proposal:
         if self.builtin is not None and self.share > 0 and rng.random() < self.share:
@@ -48,7 +49,8 @@ class ModelOperator:
             except MutationRejected:
                 pass  # nothing the built-in operator can change here: the model's turn
         model = self.client.pick(rng)
-        messages = self.prompts.messages(parent, inspirations, self.ledger.feedback(parent.candidate.sha))
+        messages = self.prompts.messages(parent, inspirations, self.ledger.feedback(parent.candidate.sha),
+                                         self.tried.get(parent.island, []))
         try:
             reply = self.client.complete(model, messages)
         except CallFailed as e:
@@ -71,7 +73,9 @@ class ModelOperator:
 
 
     def observe(self, island: int, seen: Observed) -> None:
-        """Scores teach the built-in operator's search, which takes `builtin_share` of the mutations."""
+        """Scores fill the prompt's table of the tunables, and teach the built-in operator's search,
+        which takes `builtin_share` of the mutations."""
+        self.tried.setdefault(island, []).append(seen)
         if self.builtin is not None and hasattr(self.builtin, "observe"):
             self.builtin.observe(island, seen)
 

@@ -8,6 +8,7 @@ from gitevolve import loop, selection
 from gitevolve.config import Config
 from gitevolve.llm.ledger import Ledger
 from gitevolve.llm.prompt import Prompts
+from gitevolve.mutate import Observed
 from gitevolve.population import Candidate, island_population, load
 from gitevolve.store import Store
 
@@ -16,7 +17,7 @@ def messages(store: Store, config: Config, rev: str) -> list[dict]:
     """The prompt for `rev`; its inspirations drawn from its island as a run draws them."""
     sha = store.resolve(rev)
     state = store.ref_state()
-    candidate, inspirations = None, []
+    candidate, inspirations, tried = None, [], []
     if state.base is not None:
         population = load(store, state)
         candidate = population.candidates.get(sha)
@@ -24,11 +25,14 @@ def messages(store: Store, config: Config, rev: str) -> list[dict]:
             pool = island_population(population, candidate.island, config.features, config.population_size)
             rng = random.Random(f"{config.seed}/{store.refs.run}/prompt/{sha}")
             inspirations = selection.inspirations(pool, candidate, config, rng)
+            tried = [Observed(c.settings, c.score if c.alive else None) for c in population.members(candidate.island)
+                     if c.settings and c.status != "pending"]
     if candidate is None:  # not (yet) a candidate of this run: its code and history still make a prompt
         candidate = Candidate(sha, store.parent(sha), None, None, 0, "pending")
     parent = loop.program(store, config, candidate)
     feedback = Ledger(store).feedback(sha)
-    return Prompts(store, config).messages(parent, [loop.program(store, config, c) for c in inspirations], feedback)
+    return Prompts(store, config).messages(parent, [loop.program(store, config, c) for c in inspirations], feedback,
+                                           tried)
 
 
 def render(messages: list[dict]) -> str:

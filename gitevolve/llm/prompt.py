@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import re
+import statistics
 import string
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +25,7 @@ from gitevolve.config import Config, PromptConfig
 from gitevolve.errors import GitevolveError
 from gitevolve.llm import history
 from gitevolve.llm.edits import rewrite_targets
-from gitevolve.mutate import Program
+from gitevolve.mutate import MutationRejected, Observed, Program, tunables
 from gitevolve.mutate.blocks import has_blocks
 from gitevolve.population import number
 from gitevolve.store import Store
@@ -32,7 +33,7 @@ from gitevolve.store import Store
 DEFAULTS = Path(__file__).parent / "templates"
 PLACEHOLDERS = {
     "system.txt": ("system_message",),
-    "user.txt": ("task", "program", "artifacts", "lineage", "attempts", "others", "format"),
+    "user.txt": ("task", "program", "tunables", "artifacts", "lineage", "attempts", "others", "format"),
     "diff.txt": (),
     "rewrite.txt": ("targets",),
 }
@@ -90,7 +91,9 @@ class Prompts:
         self.edit_format = config.llm.edit_format if config.llm else "diff"
         self.templates = load_templates(store.root, self.settings.templates)
 
-    def messages(self, parent: Program, inspirations: list[Program], feedback: list[dict]) -> list[dict]:
+    def messages(self, parent: Program, inspirations: list[Program], feedback: list[dict],
+                 tried: list[Observed] | None = None) -> list[dict]:
+        """`tried`: the island's scored candidates, for the table of what each tunable's values scored."""
         s, sha = self.settings, parent.candidate.sha
         lineage = history.lineage(self.store, sha, s.lineage)
         note = lineage[0].note if lineage and lineage[0].sha == sha else None
@@ -99,6 +102,7 @@ class Prompts:
         user = fill("user.txt", self.templates["user.txt"], {
             "task": self._task(parent),
             "program": self._program(parent, note, island, around),
+            "tunables": tunables_table(parent, tried or []),
             "artifacts": self._artifacts(note),
             "lineage": self._lineage(lineage),
             "attempts": self._attempts(sha, parent.candidate.score, feedback),
@@ -212,6 +216,38 @@ class Prompts:
         targets = [f"{path} lines {r[0] + 1}-{r[1] + 1}" if r else f"all of {path}" for path, r in rewrite_targets(parent.files)]
         what = f"the EVOLVE-BLOCK ({targets[0]})" if len(targets) == 1 else f"the {len(targets)} EVOLVE-BLOCKs ({', '.join(targets)})"
         return fill("rewrite.txt", self.templates["rewrite.txt"], {"targets": what})
+
+
+def tunables_table(parent: Program, tried: list[Observed]) -> str:
+    """What each live tunable's values have scored on the island: how often tried (failures among
+    them), the best and the median score. One line per tunable: a compact view of what a search has
+    learned, where the lineage shows only one path."""
+    try:
+        found, alive = tunables.declared(parent.files)
+    except MutationRejected:
+        return ""
+    if not alive or not tried:
+        return ""
+    lines = ["# The tunables, as this island has tried them", "",
+             f"Per value: candidates tried (failed), best score, median score; over {len(tried)} scored candidates. "
+             "The current program's value is marked *. You may add a tunable or widen a tunable's choices "
+             "(`NAME = VALUE  # gitevolve: choices=[...]`, with `when=...` for one that matters only under "
+             "another's value): the built-in search explores them.", ""]
+    for t in alive:
+        key = tunables.key(t, found)
+        cells = []
+        for value in t.choices:
+            scores = [o.score for o in tried if o.settings.get(key) == value]
+            ok = [x for x in scores if x is not None]
+            mark = "*" if value == t.value else ""
+            if not scores:
+                cells.append(f"{value!r}{mark}: -")
+                continue
+            failed = f" ({len(scores) - len(ok)})" if len(ok) < len(scores) else ""
+            best = f", {_score(max(ok))}, {_score(statistics.median(ok))}" if ok else ""
+            cells.append(f"{value!r}{mark}: {len(scores)}{failed}{best}")
+        lines.append(f"- {key}: " + " | ".join(cells))
+    return "\n".join(lines)
 
 
 def _score(value: float | None) -> str:
