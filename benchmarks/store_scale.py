@@ -3,8 +3,9 @@
     python benchmarks/store_scale.py            # N = 10,000
     python benchmarks/store_scale.py --n 2000 --islands 5
 
-Builds one run of N candidates the way `gitevolve run` does (commit + pin ref + note, champion
-branch moved when a candidate beats it) and prints:
+Builds one run of N candidates the way `gitevolve run` does (commit + pin ref, the settings and
+content read from the program's 120 tunables, note, champion branch moved when a candidate beats
+it; notes carry what real ones do: settings, stage scores, a duel for one in ten) and prints:
 
   - bookkeeping per candidate, for the first and the last tenth (it must not grow with N);
   - the time to rebuild the population from refs and notes and render `status`, in-process and
@@ -30,6 +31,7 @@ import time
 import uuid
 from pathlib import Path
 
+from gitevolve.loop import described
 from gitevolve.population import Candidate, rank
 from gitevolve.report import leaderboard, population_of, render_leaderboard
 from gitevolve.store import Store, format_message
@@ -56,14 +58,23 @@ def mutated(text: str, rng: random.Random) -> str:
     return "\n".join(lines) + "\n"
 
 
-def fake_note(c: Candidate, rng: random.Random) -> dict:
-    """A note the size of a real one: status, score, twenty metrics, a short artifact."""
-    return {
+def fake_note(c: Candidate, rng: random.Random, settings: dict, content: str) -> dict:
+    """A note the size of a real one: status, score, twenty metrics, a short artifact, the
+    candidate's settings and content, its stage scores, and for one in ten a head-to-head duel."""
+    duel = {}
+    if c.alive and rng.random() < 0.1:
+        again = [c.score * rng.uniform(0.95, 1.05) for _ in range(2)]
+        duel = {"measurements": [c.score, *again], "duel": {"against": c.parent, "challenger": again,
+                                                             "incumbent": [rng.uniform(0.5, 2.0) for _ in range(2)],
+                                                             "margin": 0.03, "won": rng.random() < 0.5}}
+    return {**duel,
         "status": c.status, "score": c.score, "reason": None if c.status == "ok" else "incorrect: max error 3.1e-02",
         "metrics": {f"scenario_{j}_speedup": rng.uniform(0.5, 2.0) for j in range(20)},
         "features": {"code_length": 4000 + rng.randrange(500)}, "artifacts": {"stderr": "x" * rng.randrange(200)},
         "island": c.island, "iteration": c.iteration, "generation": c.generation, "parent": c.parent,
         "tree": c.tree, "operator": "tunables:mutate", "subject": c.subject, "mutation": {},
+        "settings": settings, "content": content, "duplicate_of": None,
+        "stage_scores": {"quick": rng.uniform(0.5, 2.0), "full": c.score} if c.alive else {"quick": None},
         "evaluator": "0123456789ab", "stage": "full", "attempts": 1, "seconds": 1.5,
         "evaluated_at": "2026-11-25T12:00:00+00:00", "gitevolve": "0.1.0",
     }
@@ -83,13 +94,14 @@ def build_git(store: Store, n: int, islands: int, rng: random.Random) -> tuple[l
         text = mutated(texts[parent], rng)
         start = time.perf_counter()
         tree = store.tree_with(parent, {"prog.py": text})
+        settings, content = described(store, parent, tree, {"prog.py": text}, {"prog.py": text})  # as the loop does
         subject = f"Set LINE_{i % PROGRAM_LINES}"
         message = format_message(subject, "A benchmark mutation.", {"Run": "default", "Island": island, "Iteration": i})
         sha = store.add_candidate(parent, tree, message)
         ok = rng.random() < 0.8
         c = Candidate(sha, parent, island, i, (i - 1) // islands, "ok" if ok else "failed",
                       score=rng.uniform(0.5, 2.0) if ok else None, tree=tree, subject=subject)
-        note = fake_note(c, rng)
+        note = fake_note(c, rng, settings, content)
         current = champions[island]
         moved = c.alive and (current is None or rank(c) > rank(current))
         store.record(sha, note, (island, current.sha if current else base) if moved else None)

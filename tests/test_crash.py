@@ -35,7 +35,7 @@ def test_sigkill_at_random_moments_loses_nothing(repo):
     before = user_view(repo)
     unscored_after_kill = 0
     for _ in range(5):
-        proc = start(repo, "--iterations", "40")
+        proc = start(repo, "--time", "1h")  # runs until it is stopped: the stop never comes too late
         time.sleep(rng.uniform(0.4, 2.5))
         proc.send_signal(signal.SIGKILL)
         proc.wait()
@@ -55,7 +55,7 @@ def test_sigkill_at_random_moments_loses_nothing(repo):
 
 
 def test_ctrl_c_stops_cleanly_and_says_what_it_kept(repo):
-    proc = start(repo, "--iterations", "40")
+    proc = start(repo, "--time", "1h")  # runs until it is stopped: the stop never comes too late
     time.sleep(2.0)
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=30)
@@ -67,7 +67,7 @@ def test_ctrl_c_stops_cleanly_and_says_what_it_kept(repo):
 
 
 def test_one_run_at_a_time_per_repository(repo):
-    proc = start(repo, "--iterations", "40")
+    proc = start(repo, "--time", "1h")  # runs until it is stopped: the stop never comes too late
     try:
         time.sleep(1.0)
         second = gitevolve(repo, "run")
