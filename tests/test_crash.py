@@ -50,6 +50,8 @@ def test_sigkill_at_random_moments_loses_nothing(repo):
     iterations = [n["iteration"] for n in scored.values() if n["iteration"] is not None]
     assert len(iterations) == len(set(iterations)), "no iteration recorded twice"
     assert all(n["status"] in ("ok", "failed") for n in scored.values())
+    evaluated = [n["content"] for n in scored.values() if not n.get("duplicate_of")]
+    assert len(evaluated) == len(set(evaluated)), "no program evaluated twice, kills and resumes included"
     assert user_view(repo) == before
     git(repo, "fsck", "--strict")
 
