@@ -4,7 +4,7 @@
     python benchmarks/store_scale.py --n 2000 --islands 5
 
 Builds one run of N candidates the way `gitevolve run` does (commit + pin ref, the settings and
-content read from the program's 120 tunables, note, champion branch moved when a candidate beats
+content read from the program's 20 tunables, note, champion branch moved when a candidate beats
 it; notes carry what real ones do: settings, stage scores, a duel for one in ten) and prints:
 
   - bookkeeping per candidate, for the first and the last tenth (it must not grow with N);
@@ -37,13 +37,14 @@ from gitevolve.report import leaderboard, population_of, render_leaderboard
 from gitevolve.store import Store, format_message
 
 PROGRAM_LINES = 120  # about the size of examples/gqa-mlx/attention.py
+TUNABLES = 20  # more than any example declares (gqa-cuda: 15): every note carries their settings
 CHECKPOINT_INTERVAL = 100  # OpenEvolve's defaults: a checkpoint every 100 iterations,
 POPULATION_CAP = 1000  # holding at most the 1,000 programs its database keeps
 
 
 def make_repo(root: Path) -> Store:
     subprocess.run(["git", "init", "-q", "-b", "main", str(root)], check=True)
-    program = "\n".join(f"LINE_{i} = {i}  # gitevolve: choices=[{i}, {i + 1}]" for i in range(PROGRAM_LINES)) + "\n"
+    program = "\n".join(_line(i, i) for i in range(PROGRAM_LINES)) + "\n"
     (root / "prog.py").write_text(program)
     env = ["-c", "user.name=bench", "-c", "user.email=bench@localhost"]
     subprocess.run(["git", *env, "add", "prog.py"], cwd=root, check=True)
@@ -51,10 +52,15 @@ def make_repo(root: Path) -> Store:
     return Store(root)
 
 
+def _line(i: int, value: int) -> str:
+    """Line i of the program: the first TUNABLES declare tunables, the rest are plain code."""
+    return f"LINE_{i} = {value}" + (f"  # gitevolve: choices=[{i}, {i + 1}]" if i < TUNABLES else "")
+
+
 def mutated(text: str, rng: random.Random) -> str:
     lines = text.splitlines()
     i = rng.randrange(len(lines))
-    lines[i] = f"LINE_{i} = {rng.randrange(10**9)}  # gitevolve: choices=[{i}, {i + 1}]"
+    lines[i] = _line(i, rng.randrange(10**9))
     return "\n".join(lines) + "\n"
 
 

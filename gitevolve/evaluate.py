@@ -57,6 +57,7 @@ class Evaluation:
     attempts: int
     seconds: float
     stages: dict = field(default_factory=dict)  # the score of every stage that gave one, by name
+    stage_seconds: dict = field(default_factory=dict)  # the time each stage that ran took, retries included
 
     def to_json(self) -> dict:
         return {
@@ -69,6 +70,7 @@ class Evaluation:
             "attempts": self.attempts,
             "seconds": round(self.seconds, 3),
             "stages": dict(self.stages),
+            "stage_seconds": dict(self.stage_seconds),
         }
 
 
@@ -519,15 +521,17 @@ def evaluate(
     attempts = 0
 
     scores: dict = {}
+    spent: dict = {}
 
     def result(status, score, reason, stage):
         return Evaluation(
             status, score, metrics, artifacts, reason, stage.name, attempts,
-            time.monotonic() - started, dict(scores),
+            time.monotonic() - started, dict(scores), dict(spent),
         )
 
     score = None
     for stage in stages:
+        stage_started = time.monotonic()
         stage_env = {**env, "GITEVOLVE_STAGE": stage.name}
         tries = max(0, retries) + 1
         for k in range(tries):
@@ -549,6 +553,7 @@ def evaluate(
                 "failed", f"transient failure persisted after {n}: {outcome.reason}",
                 metrics=outcome.metrics, artifacts=outcome.artifacts,
             )
+        spent[stage.name] = round(time.monotonic() - stage_started, 3)
         metrics.update(outcome.metrics)
         artifacts.update(outcome.artifacts)
         if outcome.kind == "failed":

@@ -424,7 +424,8 @@ class Evaluator:
             "island": c.island, "iteration": c.iteration, "generation": c.generation, "parent": c.parent,
             "tree": c.tree, "content": c.content, "settings": c.settings, "duplicate_of": job.duplicate_of,
             "operator": c.operator, "subject": c.subject, "mutation": job.mutation,
-            "evaluator": self.id, "stage": result.stage, "stage_scores": result.stages, "attempts": result.attempts,
+            "evaluator": self.id, "stage": result.stage, "stage_scores": result.stages,
+            "stage_seconds": result.stage_seconds, "attempts": result.attempts,
             "seconds": round(result.seconds, 3), "evaluated_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "gitevolve": __version__,
         }

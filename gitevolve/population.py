@@ -42,6 +42,8 @@ class Candidate:
     duplicate_of: str | None = None  # the candidate whose evaluation this one took
     measurements: tuple = field(default=(), compare=False)  # every score it got, re-measurements included (duel.py)
     stages: dict = field(default_factory=dict, compare=False)  # its score at each evaluator stage it passed through
+    stage_seconds: dict = field(default_factory=dict, compare=False)  # the time each of those stages took
+    evaluated_at: str | None = None  # when its evaluation ended (ISO 8601, seconds)
 
     @property
     def alive(self) -> bool:
@@ -73,6 +75,8 @@ class Candidate:
             duplicate_of=note.get("duplicate_of"),
             measurements=tuple(x for x in map(number, note.get("measurements") or []) if x is not None),
             stages={k: v for k, v in (note.get("stage_scores") or {}).items() if number(v) is not None},
+            stage_seconds={k: v for k, v in (note.get("stage_seconds") or {}).items() if number(v) is not None},
+            evaluated_at=note.get("evaluated_at") if isinstance(note.get("evaluated_at"), str) else None,
         )
 
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import statistics
+from datetime import datetime
 
 from tabulate import tabulate
 
@@ -48,7 +50,32 @@ def leaderboard(store: Store, population: Population, top: int = 0) -> dict:
         "candidates": len(population.candidates),
         "islands": islands,
         "top": [_row(c) for c in alive[:top]],
+        "pace": pace(population),
         "models": model_usage(store, population),
+    }
+
+
+def pace(population: Population) -> dict:
+    """How fast the run evaluates: evaluations, their rate between the first and the last to end,
+    the median seconds of each stage, and the candidates that took an earlier evaluation's result."""
+    evaluated = [c for c in population.candidates.values() if c.status != "pending" and c.duplicate_of is None]
+    ended = sorted(c.evaluated_at for c in evaluated if c.evaluated_at)
+    minutes = None
+    if len(ended) > 1:
+        try:
+            minutes = (datetime.fromisoformat(ended[-1]) - datetime.fromisoformat(ended[0])).total_seconds() / 60
+        except ValueError:
+            minutes = None
+    stages: dict[str, list[float]] = {}
+    for c in evaluated:
+        for name, seconds in c.stage_seconds.items():
+            stages.setdefault(name, []).append(seconds)
+    return {
+        "evaluations": len(evaluated),
+        "per_minute": round((len(ended) - 1) / minutes, 2) if minutes else None,
+        "stage_seconds": {name: round(statistics.median(v), 3) for name, v in stages.items()},
+        "stage_runs": {name: len(v) for name, v in stages.items()},
+        "duplicates": sum(c.duplicate_of is not None for c in population.candidates.values()),
     }
 
 
@@ -91,6 +118,15 @@ def _score_cell(row: dict) -> str:
     return cell
 
 
+def _pace_line(pace: dict) -> str:
+    rate = f", {pace['per_minute']:.1f} a minute" if pace.get("per_minute") else ""
+    stages = ", ".join(f"{name} {seconds:.1f} s ({pace['stage_runs'][name]} runs)"
+                       for name, seconds in pace["stage_seconds"].items())
+    taken = f"; {pace['duplicates']} took an earlier evaluation's result" if pace["duplicates"] else ""
+    return (f"{pace['evaluations']} evaluations{rate}" + (f"; median time per stage: {stages}" if stages else "")
+            + taken)
+
+
 def render_leaderboard(board: dict) -> str:
     rows = [
         [r["island"], r["branch"], r["champion"][:10], _score_cell(r), f"{r['ok']}/{r['failed']}/{r['pending']}", r["subject"][:60]]
@@ -98,6 +134,7 @@ def render_leaderboard(board: dict) -> str:
     ]
     lines = [
         f"run {board['run']}: {board['candidates']} candidates from base {board['base'][:10]} (score {format_score(board['base_score'])})",
+        *([_pace_line(board["pace"])] if board.get("pace") else []),
         "",
         tabulate(rows, headers=["island", "branch", "champion", "score", "ok/failed/pending", "champion's last change"],
                  disable_numparse=True),

@@ -184,3 +184,17 @@ def test_a_stage_can_reject_candidates_well_below_their_champion_before_the_late
         assert n["stage"] == "quick" and list(n["stage_scores"]) == ["quick"]
         assert "below 90% of the island champion's" in n["reason"]
     assert all(set(n["stage_scores"]) == {"quick", "full"} for n in scored.values() if n["status"] == "ok")
+
+
+def test_status_says_how_fast_the_run_evaluates_and_how_long_each_stage_takes(tmp_path):
+    stages = ("evaluator:\n  stages:\n    - {name: quick, command: python score.py, timeout: 20, within: 0.9}\n"
+              "    - {name: full, command: python score.py, timeout: 20}\n")
+    repo = make_repo(tmp_path / "repo", config=CONFIG.replace("evaluator:\n  command: python score.py\n  timeout: 20\n", stages))
+    ok(gitevolve(repo, "run", "--iterations", "9", env={"TOY_SLEEP": "0.3"}))
+    board = json.loads(ok(gitevolve(repo, "status", "--json")).stdout)
+    pace, scored = board["pace"], notes(repo)
+    assert pace["evaluations"] == sum(1 for n in scored.values() if not n.get("duplicate_of"))
+    assert pace["stage_runs"]["quick"] == pace["evaluations"] >= pace["stage_runs"]["full"]
+    assert pace["stage_seconds"]["quick"] >= 0.3  # the hook sleeps that long in every stage
+    text = ok(gitevolve(repo, "status")).stdout
+    assert f"{pace['evaluations']} evaluations" in text and "median time per stage: quick" in text

@@ -233,8 +233,9 @@ def tunables_table(parent: Program, tried: list[Observed]) -> str:
              "The current program's value is marked *. You may add a tunable or widen a tunable's choices "
              "(`NAME = VALUE  # gitevolve: choices=[...]`, with `when=...` for one that matters only under "
              "another's value): the built-in search explores them.", ""]
+    key_of = {(t.path, t.name): k for t, k in zip(found, tunables.keys(found))}
     for t in alive:
-        key = tunables.key(t, found)
+        key = key_of[(t.path, t.name)]
         cells = []
         for value in t.choices:
             scores = [o.score for o in tried if o.settings.get(key) == value]

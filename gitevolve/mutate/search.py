@@ -63,7 +63,7 @@ class SearchOperator:
             raise MutationRejected("no tunables declared in the evolvable files (`NAME = VALUE  # gitevolve: choices=[...]`)")
         island = self._island(parent.island if parent.island is not None else -1, tuple(found))
         values, trial = self._next(island, found, parent, rng)
-        changed = {t: values[tun.key(t, found)] for t in found if values[tun.key(t, found)] != t.value}
+        changed = {t: values[k] for t, k in zip(found, tun.keys(found)) if values[k] != t.value}
         said = ", ".join(f"{t.name} {_show(t.value)} -> {_show(v)}" for t, v in changed.items())
         by = "random search" if self.sampler == "random" else "Optuna's TPE sampler"
         told = len(island.known)
@@ -180,17 +180,22 @@ def _params(space: tuple, values: dict) -> dict | None:
     """The live tunables of `values` as study parameters: name -> (distribution, position)."""
     found = [tun.Tunable(path, 0, name, None, choices, when, needs) for path, name, choices, when, needs in space]
     params = {}
-    for path in sorted({t.path for t in found}):
-        mine = [t for t in found if t.path == path]
-        by_name = {t.name: values.get(tun.key(t, found)) for t in mine}
-        for t in mine:
-            if t.name not in tun.live(mine, by_name):
+    for mine in _by_file(found):
+        by_name = {t.name: values.get(k) for t, k in mine}
+        alive = tun.live([t for t, _ in mine], by_name)
+        for t, k in mine:
+            if t.name not in alive:
                 continue
-            value = by_name[t.name]
-            if value not in t.choices:
+            if by_name[t.name] not in t.choices:
                 return None
-            params[_name(tun.key(t, found), t.choices)] = (_distribution(t), _positions(t).index(value))
+            params[_name(k, t.choices)] = (_distribution(t), _positions(t).index(by_name[t.name]))
     return params
+
+
+def _by_file(found: list) -> list[list[tuple]]:
+    """(tunable, key) pairs, one list per file: conditions name tunables of their own file."""
+    pairs = list(zip(found, tun.keys(found)))
+    return [[(t, k) for t, k in pairs if t.path == path] for path in sorted({t.path for t in found})]
 
 
 def _setting(params: dict) -> str:
@@ -199,21 +204,21 @@ def _setting(params: dict) -> str:
 
 def _suggest(trial, found: list) -> dict:
     """Every tunable's value: the live ones as the trial suggests, in the order their conditions need."""
-    values = {tun.key(t, found): t.value for t in found}
-    for path in sorted({t.path for t in found}):
-        mine = [t for t in found if t.path == path]
+    values = dict(zip(tun.keys(found), (t.value for t in found)))
+    for mine in _by_file(found):
+        key_of = {t.name: k for t, k in mine}
+        by_name = {t.name: values[k] for t, k in mine}
         alive: set[str] = set()
-        for t in tun.order(mine):
-            by_name = {u.name: values[tun.key(u, found)] for u in mine}
+        for t in tun.order([t for t, _ in mine]):
             if not (all(n in alive for n in t.needs) and t.live(by_name)):
                 continue
             alive.add(t.name)
-            name, positions = _name(tun.key(t, found), t.choices), _positions(t)
+            name, positions = _name(key_of[t.name], t.choices), _positions(t)
             if t.ordered:
                 index = trial.suggest_int(name, 0, len(positions) - 1)
             else:
                 index = trial.suggest_categorical(name, list(range(len(positions))))
-            values[tun.key(t, found)] = positions[index]
+            values[key_of[t.name]] = by_name[t.name] = positions[index]
     return values
 
 

@@ -23,6 +23,7 @@ EVOLVE-BLOCK count, so the operator cannot change what the markers protect.
 from __future__ import annotations
 
 import ast
+import collections
 import functools
 import random
 import re
@@ -100,13 +101,25 @@ def _spec(spec: str, where: str) -> tuple[list, str | None]:
 
 def _literal(text: str, where: str) -> object:
     try:
-        return ast.literal_eval(text.strip())
+        return _evaluated(text.strip())
     except (ValueError, SyntaxError):
         raise MutationRejected(f"{where}: {text.strip()!r} is not a literal value") from None
 
 
+@functools.lru_cache(maxsize=4096)
+def _evaluated(text: str) -> object:
+    # Candidates of a run repeat the same few literals: a cache keeps parsing a large file cheap.
+    return ast.literal_eval(text)
+
+
 def parse(path: str, text: str) -> list[Tunable]:
     """The tunables a file declares inside its EVOLVE-BLOCKs; a malformed declaration is an error."""
+    return list(_parsed(path, text))
+
+
+@functools.lru_cache(maxsize=16)
+def _parsed(path: str, text: str) -> tuple[Tunable, ...]:
+    # The loop reads a new candidate's settings and its canonical text: one parse for both.
     found, inside = [], editable_lines(text)
     for i, line in enumerate(text.splitlines()):
         if "gitevolve:" not in line or i not in inside:
@@ -121,7 +134,7 @@ def parse(path: str, text: str) -> list[Tunable]:
         needs = _condition(when, where) if when else ()
         found.append(Tunable(path, i, m.group("name"), _literal(m.group("value"), where), tuple(choices), when, needs))
     _check_conditions(path, found)
-    return found
+    return tuple(found)
 
 
 def _check_conditions(path: str, found: list[Tunable]) -> None:
@@ -175,7 +188,7 @@ def canonical(path: str, text: str) -> str:
 def settings(files: dict[str, str]) -> dict[str, object]:
     """Every tunable's value, by name (path:name where two files declare the same name)."""
     found = [t for path, text in sorted(files.items()) for t in parse(path, text)]
-    return {key(t, found): t.value for t in found}
+    return dict(zip(keys(found), (t.value for t in found)))
 
 
 def declared(files: dict[str, str]) -> tuple[list[Tunable], list[Tunable]]:
@@ -189,8 +202,10 @@ def declared(files: dict[str, str]) -> tuple[list[Tunable], list[Tunable]]:
     return found, alive
 
 
-def key(t: Tunable, found: list[Tunable]) -> str:
-    return t.name if sum(u.name == t.name for u in found) == 1 else f"{t.path}:{t.name}"
+def keys(found: list[Tunable]) -> list[str]:
+    """Each tunable's key, in order: its name, or path:name where two files declare the same name."""
+    counts = collections.Counter(t.name for t in found)
+    return [t.name if counts[t.name] == 1 else f"{t.path}:{t.name}" for t in found]
 
 
 def render(value: object, like: str) -> str:
