@@ -105,6 +105,10 @@ class ChampionConfig(_Section):
     # machine the best of many draws is partly the luckiest.
     remeasure: int = Field(default=2, ge=0, le=10)
     margin: float = Field(default=0.0, ge=0, le=1)  # by how much (relative) its re-measured mean must lead
+    # A first score that leads the champion's by more than this (relative) takes the branch without
+    # re-measuring: no noise seen moves a score that far (one setting's repeats differed by up to
+    # 23% on the CPU), and early in a run nearly every improvement is that large. 0: always re-measure.
+    sure: float = Field(default=0.25, ge=0)
 
 
 ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")

@@ -45,6 +45,11 @@ class Duel:
                 "margin": self.margin, "won": self.won}
 
 
+def clear_lead(challenger: float, incumbent: float, sure: float) -> bool:
+    """Whether a first score leads by more than noise could make up: no duel needed."""
+    return sure > 0 and challenger - incumbent > sure * abs(incumbent)
+
+
 def duel(measure: Callable[[Candidate], float | None], incumbent: Candidate, challenger: Candidate, times: int,
          margin: float) -> Duel:
     """Evaluate both `times` more, interleaved; `measure` gives a score, None if the evaluation failed."""

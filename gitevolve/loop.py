@@ -35,7 +35,7 @@ from typing import Callable, Iterator
 
 from gitevolve import __version__, migrate, selection, worktrees
 from gitevolve.config import Config
-from gitevolve.duel import Duel, duel, measurements
+from gitevolve.duel import Duel, clear_lead, duel, measurements
 from gitevolve.errors import GitevolveError
 from gitevolve.evaluate import Evaluation, evaluate, hook_environment, terminate_all
 from gitevolve.mutate import MutationRejected, Observed, Operator, Program, Proposal, tunables
@@ -436,7 +436,9 @@ class Evaluator:
             # which of two equal candidates finished evaluating first.
             if current is None or not current.alive or rank(scored) > rank(current):
                 champion = (c.island, population.champions[c.island])
-            if champion is not None and current is not None and current.alive and self.config.champion.remeasure:
+            rules = self.config.champion
+            if (champion is not None and current is not None and current.alive and rules.remeasure
+                    and not clear_lead(scored.score, current.score, rules.sure)):
                 fight = self.head_to_head(current, scored, note, population, stats)
                 scored = replace(scored, score=note["score"])
                 if say is not None:

@@ -3,7 +3,7 @@
 import pytest
 
 from conftest import CONFIG, HOOK, git, gitevolve, make_repo
-from gitevolve.duel import Duel, duel
+from gitevolve.duel import Duel, clear_lead, duel
 from gitevolve.population import Candidate
 from test_run import notes, ok
 
@@ -15,6 +15,11 @@ def test_the_challenger_must_lead_by_the_margin_and_pass_every_re_measurement():
     assert Duel([3.0, 3.0], [None, None], margin=0.0).won  # the champion no longer passes
     assert not Duel([2.0], [2.0], margin=0.0).won  # a tie keeps the champion
     assert "takes the branch" in Duel([2.2], [2.0], 0.0).describe()
+
+
+def test_a_lead_beyond_what_noise_does_needs_no_duel():
+    assert clear_lead(1.3, 1.0, sure=0.25) and not clear_lead(1.2, 1.0, sure=0.25)
+    assert clear_lead(-0.7, -1.0, sure=0.25) and not clear_lead(5.0, 1.0, sure=0.0)  # 0: always a duel
 
 
 def test_the_two_are_evaluated_in_turn_so_that_drift_falls_on_both():
@@ -35,7 +40,8 @@ open(seen, "a").close()
 
 @pytest.mark.parametrize("remeasure", [2, 0])
 def test_a_lucky_draw_does_not_take_the_branch(tmp_path, remeasure):
-    config = CONFIG.replace("islands: 3", "islands: 2") + f"champion: {{remeasure: {remeasure}}}\n"
+    # sure: 0, so that even a lead this large is re-measured (a clear lead skips it: the test above).
+    config = CONFIG.replace("islands: 3", "islands: 2") + f"champion: {{remeasure: {remeasure}, sure: 0}}\n"
     repo = make_repo(tmp_path / "repo", config=config, hook=LUCKY)
     (tmp_path / "seen").mkdir()
     done = ok(gitevolve(repo, "run", "--iterations", "12", env={"TOY_SEEN": str(tmp_path / "seen")}))
