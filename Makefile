@@ -19,7 +19,7 @@ demo: $(STAMP)
 	  && git config user.name demo && git config user.email demo@localhost \
 	  && git commit --quiet --allow-empty -m "Empty start"
 	cd demo-run && ../$(BIN)/gitevolve init --example gqa-mlx
-	cd demo-run && ../$(BIN)/gitevolve run --islands 5
+	cd demo-run && ../$(BIN)/gitevolve run --islands 5 --time 4m
 	cd demo-run && ../$(BIN)/gitevolve status
 	@echo
 	@echo "Look at the result with plain git, inside demo-run/:"
