@@ -91,7 +91,8 @@ def run(
     skipped = ", ".join(f"{n} {kind}" for kind, n in sorted(stats.rejected.items()))
     taken = f", {stats.duplicates} took the result of the same program evaluated before" if stats.duplicates else ""
     taken += f", {stats.remeasured} re-measured challengers and champions head to head" if stats.remeasured else ""
-    console.print(f"Done: {stats.evaluated} evaluated{taken} ({stats.failed} failed, {stats.migrations} migrations)"
+    cut = f", {stats.cut} stopped at a stage's bar" if stats.cut else ""
+    console.print(f"Done: {stats.evaluated} evaluated{taken} ({stats.failed} failed{cut}, {stats.migrations} migrations)"
                   + (f"; no candidate from: {skipped}" if skipped else "") + ".", highlight=False, soft_wrap=True)
     if best:
         console.print(f"Best: {report.format_score(best['score'])} on {best['branch']} ({best['champion'][:10]}); "

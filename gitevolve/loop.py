@@ -65,6 +65,7 @@ class Stats:
     failed: int = 0
     duplicates: int = 0  # candidates that took an earlier evaluation's result instead of their own
     remeasured: int = 0  # evaluations of challengers and champions head to head (duel.py)
+    cut: int = 0  # candidates a stage's threshold stopped before the later stages
     migrations: int = 0
     rejected: dict[str, int] = field(default_factory=dict)  # mutation failures by reason kind
 
@@ -453,7 +454,8 @@ class Evaluator:
             stats.duplicates += 1
         else:
             stats.evaluated += 1
-            stats.failed += scored.status != "ok"
+            stats.failed += scored.status == "failed"
+            stats.cut += scored.status == "rejected"
         return scored
 
 
