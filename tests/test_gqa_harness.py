@@ -512,3 +512,21 @@ def test_the_timing_processes_share_one_core_on_the_cpu_backend_only():
     cpus = timing_cpus("cpu")
     assert len(cpus) == 1 and cpus <= os.sched_getaffinity(0)
     assert timing_cpus("cuda") is None and timing_cpus("auto") is None
+
+
+def test_a_warning_shown_from_a_harness_module_is_not_tampering():
+    """Python writes __warningregistry__ into a module's namespace when a warning is shown from it:
+    a fresh clone's suite failed an honest kernel as harness_tampered for it."""
+    import warnings
+
+    from evaluators.gqa import integrity
+
+    snapshot = integrity.capture()
+    with warnings.catch_warnings():
+        warnings.simplefilter("default")
+        warnings.warn_explicit("a warning", UserWarning, "integrity.py", 1, module="evaluators.gqa.integrity",
+                               registry=integrity.__dict__.setdefault("__warningregistry__", {}))
+    assert "__warningregistry__" in vars(integrity)
+    assert snapshot.changed() == []
+    snapshot.objects["evaluators.gqa.integrity.capture"] = object()  # a real change is still seen
+    assert snapshot.changed() == ["evaluators.gqa.integrity.capture"]

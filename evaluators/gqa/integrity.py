@@ -74,6 +74,8 @@ def _harness() -> dict[str, object]:
         if not (module_name == HARNESS or module_name.startswith(HARNESS + ".")) or module is None:
             continue
         for name, value in vars(module).items():
+            if name == "__warningregistry__":  # Python's own: written when a warning is shown from the module
+                continue
             key = f"{module_name}.{name}"
             watched[key] = value
             if isinstance(value, types.FunctionType):

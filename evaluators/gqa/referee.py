@@ -207,10 +207,25 @@ def timing_cpus(backend: str) -> frozenset[int] | None:
     return frozenset({current if current in allowed else max(allowed)})
 
 
+def _keep_off(cpus: frozenset[int] | None) -> None:
+    """Move this process off the timing processes' core, where it has other cores to go to.
+
+    It timestamps each block's "start" as it arrives; sharing the core with the candidate that
+    has just begun computing, it woke late. A fresh clone's test suite on a loaded 2-core
+    machine had an honest program's blocks clocked at 234 ms by this process and at 338 ms by
+    the candidate's own clock, and failed it as timing_tampered."""
+    if not cpus or not hasattr(os, "sched_setaffinity"):
+        return
+    others = os.sched_getaffinity(0) - cpus
+    if others:
+        os.sched_setaffinity(0, others)
+
+
 def run(script: str, argv: list[str], args: argparse.Namespace) -> dict:
     budget = race.Budget() if args.seconds is None else race.Budget(seconds=args.seconds)
     deadline = time.monotonic() + args.timeout
     cpus = timing_cpus(args.backend)
+    _keep_off(cpus)
     _subreaper()
     with tempfile.TemporaryDirectory(prefix="gqa-eval-") as tmp:
         ours = start([sys.executable, script, "--baseline", *argv], Path(tmp) / "baseline", channel=True, cpus=cpus)
