@@ -409,6 +409,18 @@ def test_a_doubtful_race_is_raced_again_and_only_a_lasting_slowdown_stands():
         referee._race(Scripted("A", 1e-3, log), lasting, scenario, budget)
 
 
+def test_a_supervisor_that_woke_late_neither_flatters_the_candidate_nor_calls_it_a_cheat():
+    log = []
+    budget = race.Budget(warmup=1, min_rounds=4, max_rounds=4, seconds=0, clean_blocks=3)
+    rival = Scripted("B", 1e-3, log)
+    clean = race.clean(rival, "s", 1024, budget)
+    late = Scripted("A", 1e-3, log)
+    # Our stamp of "start" came late: we read 10 ms, the process's own clock 20 ms, the truth.
+    late.block = lambda command: race.Block(0.01, 0.02, len(command["seeds"]), "A")
+    result = race.race(late, rival, "s", clean, budget)  # no timing_tampered
+    assert result.candidate.blocks[0].seconds == 0.02
+
+
 def test_the_baseline_is_restored_even_when_the_candidate_raises_and_gone_for_good_unless_asked():
     with pytest.raises(guards.BaselineCalled):
         with guards.baseline_hidden() as wire:
