@@ -8,16 +8,32 @@ import subprocess
 import sys
 import time
 
+import pytest
+
 from conftest import git, gitevolve
 
 from test_run import notes, pins
 
 
 def start(repo, *args):
+    # SIGINT as a terminal delivers it: a suite started in the background (`make test &`, some CI
+    # runners) hands its children SIGINT ignored, and Python then never raises KeyboardInterrupt.
     return subprocess.Popen(
         [sys.executable, "-m", "gitevolve", "run", *args], cwd=repo, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-        text=True, env={**os.environ, "TOY_SLEEP": "0.2"},
+        text=True, env={**os.environ, "TOY_SLEEP": "0.2"}, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
+
+
+@pytest.fixture
+def started(request):
+    """Runs started by a test, killed when it ends however it ends: a run left behind (one with
+    --time 1h) would load the machine for every test after it."""
+    procs = []
+    yield lambda repo, *args: procs.append(start(repo, *args)) or procs[-1]
+    for proc in procs:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
 
 
 def user_view(repo):
@@ -29,13 +45,13 @@ def every_note_names_an_existing_commit(repo):
         assert git(repo, "cat-file", "-t", sha).strip() == "commit"
 
 
-def test_sigkill_at_random_moments_loses_nothing(repo):
+def test_sigkill_at_random_moments_loses_nothing(repo, started):
     rng = random.Random(2024)
     (repo / "untracked.txt").write_text("mine\n")
     before = user_view(repo)
     unscored_after_kill = 0
     for _ in range(5):
-        proc = start(repo, "--time", "1h")  # runs until it is stopped: the stop never comes too late
+        proc = started(repo, "--time", "1h")  # runs until it is stopped: the stop never comes too late
         time.sleep(rng.uniform(0.4, 2.5))
         proc.send_signal(signal.SIGKILL)
         proc.wait()
@@ -56,8 +72,8 @@ def test_sigkill_at_random_moments_loses_nothing(repo):
     git(repo, "fsck", "--strict")
 
 
-def test_ctrl_c_stops_cleanly_and_says_what_it_kept(repo):
-    proc = start(repo, "--time", "1h")  # runs until it is stopped: the stop never comes too late
+def test_ctrl_c_stops_cleanly_and_says_what_it_kept(repo, started):
+    proc = started(repo, "--time", "1h")  # runs until it is stopped: the stop never comes too late
     time.sleep(2.0)
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=30)
@@ -68,8 +84,8 @@ def test_ctrl_c_stops_cleanly_and_says_what_it_kept(repo):
     assert done.returncode == 0 and set(pins(repo)) <= set(notes(repo))
 
 
-def test_one_run_at_a_time_per_repository(repo):
-    proc = start(repo, "--time", "1h")  # runs until it is stopped: the stop never comes too late
+def test_one_run_at_a_time_per_repository(repo, started):
+    proc = started(repo, "--time", "1h")  # runs until it is stopped: the stop never comes too late
     try:
         time.sleep(1.0)
         second = gitevolve(repo, "run")
