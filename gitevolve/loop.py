@@ -401,7 +401,7 @@ class Evaluator:
         if theirs:
             theirs_note.update(score=statistics.mean(theirs), measurements=theirs)
             self.store.record(incumbent.sha, theirs_note)
-            population.add(replace(incumbent, score=theirs_note["score"]))
+            population.add(replace(incumbent, score=theirs_note["score"], measurements=tuple(theirs)))
         return fight
 
     def measure(self, c: Candidate) -> float | None:
@@ -441,7 +441,7 @@ class Evaluator:
             if (champion is not None and current is not None and current.alive and rules.remeasure
                     and not clear_lead(scored.score, current.score, rules.sure)):
                 fight = self.head_to_head(current, scored, note, population, stats)
-                scored = replace(scored, score=note["score"])
+                scored = replace(scored, score=note["score"], measurements=tuple(note["measurements"]))
                 if say is not None:
                     say(f"{c.sha[:10]} island {c.island}: {fight.describe()}")
                 if not fight.won:
