@@ -40,8 +40,10 @@ def evaluate(root: Path, args: argparse.Namespace, tries: int = 2) -> tuple[dict
     env.pop("GITEVOLVE_STAGE", None)
     started = time.monotonic()
     extra = [*(["--scenarios", args.scenarios] if args.scenarios else []), "--timeout", str(args.timeout)]
+    if args.seconds is not None:
+        extra += ["--seconds", str(args.seconds)]
     out = subprocess.run([sys.executable, str(root / "hooks" / "gqa_mlx.py"), "--backend", args.backend,
-                          "--seconds", str(args.seconds), "--file", str(args.file), *extra],
+                          "--file", str(args.file), *extra],
                          cwd=args.file.parent, env=env, capture_output=True, text=True)
     seconds = time.monotonic() - started
     result = json.loads(out.stdout.strip().splitlines()[-1])
@@ -64,7 +66,8 @@ def main(argv: list[str]) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--before", default=BEFORE)
     p.add_argument("--repeats", type=int, default=6, help="evaluations per method")
-    p.add_argument("--seconds", type=float, default=0.8, help="the hook's --seconds, as .gitevolve.yml sets it")
+    p.add_argument("--seconds", type=float, default=None,
+                   help="the hook's --seconds, where .gitevolve.yml sets it (default: each hook's own)")
     p.add_argument("--backend", default="cpu")
     p.add_argument("--file", type=Path, default=ROOT / "examples" / "gqa-mlx" / "attention.py")
     p.add_argument("--scenarios", default=None)

@@ -222,7 +222,7 @@ def _keep_off(cpus: frozenset[int] | None) -> None:
 
 
 def run(script: str, argv: list[str], args: argparse.Namespace) -> dict:
-    budget = race.Budget() if args.seconds is None else race.Budget(seconds=args.seconds)
+    budget = race.Budget(seconds=race.budget_seconds(args.backend) if args.seconds is None else args.seconds)
     deadline = time.monotonic() + args.timeout
     cpus = timing_cpus(args.backend)
     _keep_off(cpus)
