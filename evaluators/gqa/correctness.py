@@ -56,21 +56,29 @@ class Inputs:
     causal: bool
     seed: int  # the queries'
     kv_seed: int  # the keys' and values'
+    # Queries drawn for a whole timed block at once (timing.Blocks): this call's are row `row`
+    # of `drawn` calls' drawn from `seed`. 0 where they were drawn alone.
+    drawn: int = 0
+    row: int = 0
 
     def args(self) -> tuple:
         return self.queries, self.keys, self.values, self.scale, self.causal
 
     def seeds(self) -> str:
-        return f"seeds {self.seed}/{self.kv_seed}"
+        drawn = f"[{self.row} of {self.drawn}]" if self.drawn else ""
+        return f"seeds {self.seed}{drawn}/{self.kv_seed}"
 
 
 def fresh_seed() -> int:
     return int.from_bytes(os.urandom(4), "little")
 
 
-def queries(scenario: Scenario, seed: int) -> mx.array:
+def queries(scenario: Scenario, seed: int, calls: int | None = None) -> mx.array:
+    """One call's queries, or with `calls` that many calls' stacked on a leading axis (one draw)."""
     m = scenario.shape
     shape = (scenario.batch, m.query_heads, scenario.query_len, m.head_dim)
+    if calls is not None:
+        shape = (calls, *shape)
     return (QUERY_STD * mx.random.normal(shape, key=mx.random.key(seed))).astype(getattr(mx, scenario.dtype))
 
 
@@ -93,7 +101,11 @@ def make_inputs(scenario: Scenario, seed: int | None = None, kv_seed: int | None
 
 def remake(scenario: Scenario, inputs: Inputs) -> Inputs:
     """A pristine copy of `inputs`, made again from their seeds."""
-    return make_inputs(scenario, inputs.seed, inputs.kv_seed)
+    if not inputs.drawn:
+        return make_inputs(scenario, inputs.seed, inputs.kv_seed)
+    q, (k, v) = queries(scenario, inputs.seed, inputs.drawn)[inputs.row], keys_values(scenario, inputs.kv_seed)
+    mx.eval(q, k, v)
+    return Inputs(q, k, v, inputs.scale, inputs.causal, inputs.seed, inputs.kv_seed, inputs.drawn, inputs.row)
 
 
 @dataclass(frozen=True)
