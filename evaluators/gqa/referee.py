@@ -1,11 +1,13 @@
 """A timed evaluation as the supervisor runs it: two timing processes, one clock (standard library only).
 
+    take the device's lock, shared (device_lock.py: other evaluations may load and check beside us)
     start the baseline's process (--baseline) and the candidate's (--child), each with a channel;
-    the candidate's loads the candidate and checks correctness meanwhile
+    the candidate's loads the candidate and checks correctness, then says "ready"
+    the lock, exclusive, with the candidate's process stopped while we wait for it
     baseline: bandwidth, measured with the candidate's process stopped
     candidate: for each scenario it says "ready"; the baseline is timed alone, the candidate's
               process stopped; then the race (race.py) until "done"
-    the candidate's process writes what it checked and exits; report.py adds the speed
+    the candidate's process writes what it checked and exits; report.py adds the speed; the lock goes
 
 Whatever the candidate does, the figures of speed are this process's: the child's result file
 carries its checks, never a time. A child that dies, hangs or fails is classified as before
@@ -26,8 +28,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from evaluators.gqa import bandwidth, faults, race, report
+from evaluators.gqa import bandwidth, device_lock, faults, race, report
 from evaluators.gqa.channel import Closed, Garbled, TimedOut
+from evaluators.gqa.device_lock import Busy, DeviceLock
 from evaluators.gqa.shapes import select
 from evaluators.gqa.supervise import REAP_SECONDS, Running, forward_signals, restore_signals, classify, collect, start
 
@@ -139,18 +142,23 @@ class Raced:
     doubt: race.Cheated | None = None  # a transient finding, reported if nothing certain fails
 
 
-def drive(baseline: Endpoint, candidate: Endpoint, budget: race.Budget) -> Raced | dict:
+def drive(baseline: Endpoint, candidate: Endpoint, budget: race.Budget, lock: DeviceLock) -> Raced | dict:
     """The race, or a hook result that ends the evaluation (raises Closed when the candidate's process ends)."""
     hello, _ = baseline.receive("hello", "unavailable")
     if hello["op"] == "unavailable":
         return faults.failure("backend_unavailable", str(hello.get("reason")), False, {}, {})
+    # The candidate loads, compiles and checks itself under the shared lock, beside other
+    # evaluations doing the same; it says "ready" for its first race when it is done.
+    said, _ = candidate.receive("ready")
     with race.stopped(candidate):
+        lock.exclusive(candidate.deadline)  # from here on this evaluation has the device to itself
         baseline.send({"op": "measure"})
         ready, _ = baseline.receive("ready")
     scenarios = select(",".join(ready["scenarios"]))
     raced = Raced(scenarios, {}, {}, bandwidth.Bandwidth(**ready["bandwidth"]))
-    for s in scenarios:
-        said, _ = candidate.receive("ready")
+    for i, s in enumerate(scenarios):
+        if i:
+            said, _ = candidate.receive("ready")
         if said.get("scenario") != s.name:
             raise Garbled(f"ready for {said.get('scenario')!r} where {s.name!r} comes next")
         with race.stopped(candidate):
@@ -227,6 +235,17 @@ def run(script: str, argv: list[str], args: argparse.Namespace) -> dict:
     cpus = timing_cpus(args.backend)
     _keep_off(cpus)
     _subreaper()
+    try:
+        with device_lock.held(args.backend, deadline) as lock:
+            result = _supervised(script, argv, args, budget, deadline, cpus, lock)
+    except Busy as e:  # before either process started
+        return faults.failure("device_unavailable", str(e), True, {}, {})
+    result.setdefault("metrics", {})["device_wait_seconds"] = round(lock.waited, 2)
+    return result
+
+
+def _supervised(script: str, argv: list[str], args: argparse.Namespace, budget: race.Budget, deadline: float,
+                cpus: frozenset[int] | None, lock: DeviceLock) -> dict:
     with tempfile.TemporaryDirectory(prefix="gqa-eval-") as tmp:
         ours = start([sys.executable, script, "--baseline", *argv], Path(tmp) / "baseline", channel=True, cpus=cpus)
         theirs = start([sys.executable, script, "--child", *argv], Path(tmp) / "candidate", channel=True, cpus=cpus)
@@ -234,7 +253,7 @@ def run(script: str, argv: list[str], args: argparse.Namespace) -> dict:
         try:
             baseline = Endpoint(ours, deadline, "baseline")
             candidate = Endpoint(theirs, deadline, "candidate", stoppable=True)
-            outcome = _outcome(baseline, candidate, budget)
+            outcome = _outcome(baseline, candidate, budget, lock)
             try:
                 baseline.send({"op": "quit"})
             except OSError:
@@ -261,11 +280,13 @@ def run(script: str, argv: list[str], args: argparse.Namespace) -> dict:
                            args.allow_identical)
 
 
-def _outcome(baseline: Endpoint, candidate: Endpoint, budget: race.Budget) -> Raced | dict | None:
+def _outcome(baseline: Endpoint, candidate: Endpoint, budget: race.Budget, lock: DeviceLock) -> Raced | dict | None:
     """Raced; a hook result that ends it here; or None: the candidate's process ended, and its
     result file says how."""
     try:
-        return drive(baseline, candidate, budget)
+        return drive(baseline, candidate, budget, lock)
+    except Busy as e:
+        return faults.failure("device_unavailable", str(e), True, {}, {})
     except (Closed, TimedOut) as e:
         if baseline.running.proc.poll() is not None:
             return _baseline_failed(baseline, f"the baseline's process exited: {e}")
