@@ -351,15 +351,37 @@ def test_the_race_interleaves_and_gives_both_sides_the_same_fresh_inputs():
     log.clear()
     result = race.race(a, b, "s", clean, budget)
     blocks = [entry for entry in log if entry[0] in "AB"]
-    assert "".join(e[0] for e in blocks) == "A" + "ABBAABBAABBA"  # the candidate's warm-up block, then rounds
+    assert "".join(e[0] for e in blocks) == "AA" + "ABBAABBAABBA"  # the candidate's probe and warm-up, then rounds
+    assert len(blocks[0][1]) == 1 and len(blocks[1][1]) == 5
     assert all(log[i + 1][0] == "B" and log[i + 2] == ("resume",) for i, e in enumerate(log) if e == ("pause",))
     assert len([e for e in log if e == ("pause",)]) == 6  # the candidate is stopped for every baseline block
-    rounds = blocks[1:]
+    rounds = blocks[2:]
     assert all(rounds[i][1:] == rounds[i + 1][1:] for i in range(0, 12, 2))  # same inputs within a round
     seeds = [s for e in rounds[::2] for s in e[1]]
     assert len(set(seeds)) == len(seeds) == 30  # fresh queries for every call
     assert len({k for e in rounds for k in e[2]}) == 2  # keys alternate between two sets
     assert result.speedup == pytest.approx(2.0)
+
+
+def test_a_much_slower_candidate_races_short_blocks_of_the_same_inputs():
+    """Blocks are sized on the baseline: a candidate 100 times slower gets as many calls as fit
+    in a block (at least one), the first of each round's inputs, and the same speedup."""
+    log = []
+    budget = race.Budget(warmup=1, min_rounds=4, max_rounds=4, seconds=0, clean_blocks=3, block_seconds=0.01)
+    slow, rival = Scripted("A", 4e-3, log), Scripted("B", 1e-4, log)
+    clean = race.clean(rival, "s", 1024, budget)
+    assert clean.calls == 100
+    log.clear()
+    result = race.race(slow, rival, "s", clean, budget)
+    ours = [e for e in log if e[0] == "A"]
+    assert [len(e[1]) for e in ours] == [1] + [3] * 5  # the probe, then 3 calls of 4 ms in 10 ms blocks
+    theirs = [e for e in log if e[0] == "B"]
+    assert all(len(b[1]) == 100 and b[1][:3] == a[1] and b[2][:3] == a[2] for a, b in zip(ours[2:], theirs))
+    assert result.speedup == pytest.approx(1 / 40)
+    near = Scripted("A", 3e-4, log)  # 3x slower: its blocks of the baseline's calls are within bounds
+    log.clear()
+    race.race(near, rival, "s", clean, budget)
+    assert [len(e[1]) for e in log if e[0] == "A"] == [1] + [100] * 5
 
 
 def test_the_race_fails_a_clock_that_disagrees_and_a_slowed_baseline():
