@@ -266,7 +266,7 @@ def _races(same: bool):
     def side(digest, per_call):
         return race.Side(tuple(race.Block(per_call * 4, per_call * 4, 4, digest) for _ in range(6)))
 
-    clean = race.Clean(4, side("b", 1e-3), 1e-5, 0.01)
+    clean = race.Clean(4, side("b", 1e-3), 1e-5, 0.01, (1, 2))
     return {name: race.Race(side("b" if same else "c", 0.9e-3), side("b", 1e-3), clean)
             for name in ("decode-256-b2", "prefill-37")}
 
