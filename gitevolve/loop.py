@@ -5,15 +5,21 @@
     each batch one mutation per worker: choose a parent on the island -> the operator proposes
                (the whole batch at once for an operator that allows it, as model calls are slow)
                -> EVOLVE-BLOCK check; then migrations when a migration generation begins ->
-               commit + pin -> evaluate in parallel worktrees, except programs the run has
-               evaluated already, which take that result -> note + champion branch -> the
-               operator is told the scores (a search learns from them)
+               commit + pin -> queued for the workers' parallel worktrees, except programs the
+               run has evaluated or is evaluating, which take that result
+    then the batch before it, in order: its results as they come -> note + champion branch ->
+               the operator is told the scores (a search learns from them)
+
+A batch is planned while the one before it is still being evaluated, so a worker that finishes
+early takes the next batch's job instead of waiting for its batch's slowest: on one GPU a
+quick-stage rejection takes 20 s and a full evaluation 80 (the H200 run of 2026-12-04). The
+price is that a batch is planned without the scores of the batch just before it.
 
 Every candidate is committed and pinned before it is evaluated, and scored by one atomic ref
 transaction after, so a run killed at any moment loses at most the evaluations in flight, which
-the next run finds and redoes. The batch is planned from one snapshot of the population with a
-random stream derived from (seed, iteration), so a seeded run proposes the same candidates
-whatever the order in which parallel evaluations finish.
+the next run finds and redoes. A batch is planned from the population with every batch up to two
+before it recorded, in order, with a random stream derived from (seed, iteration), so a seeded
+run proposes the same candidates whatever the order in which parallel evaluations finish.
 """
 
 from __future__ import annotations
@@ -27,7 +33,7 @@ import random
 import statistics
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor, as_completed
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
@@ -82,36 +88,36 @@ def run(store: Store, config: Config, operator: Operator, progress: Progress, *,
     deadline = None if seconds is None else time.monotonic() + seconds
     with run_lock(store):
         population = start(store, config, islands, from_rev)
-        evaluator = Evaluator(store, config, population.base)
         stats = Stats()
         progress.begin(population, iterations)
         try:
-            if population.pending():
-                progress.say(f"Evaluating {len(population.pending())} candidate(s) committed but not yet scored.")
-                evaluator.run_batch([evaluator.resume_job(c, population) for c in population.pending()], population, stats, progress)
-            teach(operator, population, sorted(population.candidates.values(), key=_planned))
-            for island in population.islands:
-                if not population.alive(island):
-                    seed = population.candidates[population.seeds[island]]
-                    raise GitevolveError(f"island {island}'s starting commit {seed.sha[:10]} did not pass the evaluator "
-                                         f"({_why(store, seed.sha)}): fix it, then run again (`gitevolve show {seed.sha[:10]}`)")
-            iteration, done = population.next_iteration(), 0
-            while (iterations is None or done < iterations) and (deadline is None or time.monotonic() < deadline):
-                size = config.workers if iterations is None else min(config.workers, iterations - done)
-                batch = list(range(iteration, iteration + size))
-                plans = [p for p in (plan(store, config, population, i, stats) for i in batch) if p is not None]
-                # Asked before anything is committed: a model error that stops the run leaves no half-made batch.
-                proposals = propose_all(operator, plans)
-                jobs = migrations(store, config, population, batch, stats)
-                for p, first in zip(plans, proposals):
-                    job = mutation(store, population, operator, p, first, stats)
-                    if job is not None:
-                        jobs.append(job)
-                evaluator.run_batch(jobs, population, stats, progress)
-                teach(operator, population, [population.candidates[j.candidate.sha] for j in jobs])
-                iteration += len(batch)
-                done += len(batch)
-                stats.done = done
+            with Evaluator(store, config, population.base) as evaluator:
+                if population.pending():
+                    progress.say(f"Evaluating {len(population.pending())} candidate(s) committed but not yet scored.")
+                    evaluator.run_batch([evaluator.resume_job(c, population) for c in population.pending()], population,
+                                        stats, progress)
+                teach(operator, population, sorted(population.candidates.values(), key=_planned))
+                for island in population.islands:
+                    if not population.alive(island):
+                        seed = population.candidates[population.seeds[island]]
+                        raise GitevolveError(f"island {island}'s starting commit {seed.sha[:10]} did not pass the evaluator "
+                                             f"({_why(store, seed.sha)}): fix it, then run again (`gitevolve show {seed.sha[:10]}`)")
+                iteration, done, queued = population.next_iteration(), 0, None
+                while (iterations is None or done < iterations) and (deadline is None or time.monotonic() < deadline):
+                    size = config.workers if iterations is None else min(config.workers, iterations - done)
+                    batch = list(range(iteration, iteration + size))
+                    jobs = make_batch(store, config, population, operator, batch, stats)
+                    ahead = evaluator.submit(jobs, population)
+                    if queued is not None:
+                        evaluator.collect(queued, population, stats, progress, operator)
+                    queued = ahead
+                    iteration += len(batch)
+                    done += len(batch)
+                    stats.done = done
+                if queued is not None:
+                    if deadline is not None and time.monotonic() >= deadline:
+                        queued.cancel_waiting()  # out of time: what has not started stays pending for the next run
+                    evaluator.collect(queued, population, stats, progress, operator)
         except KeyboardInterrupt:
             terminate_all()
             waiting = len(load(store, store.ref_state()).pending())
@@ -120,6 +126,20 @@ def run(store: Store, config: Config, operator: Operator, progress: Progress, *,
         finally:
             progress.end()
         return stats
+
+
+def make_batch(store: Store, config: Config, population: Population, operator: Operator, batch: list[int],
+               stats: Stats) -> list[Job]:
+    """The batch's candidates, committed: its mutations, and its migrations where a generation begins."""
+    plans = [p for p in (plan(store, config, population, i, stats) for i in batch) if p is not None]
+    # Asked before anything is committed: a model error that stops the run leaves no half-made batch.
+    proposals = propose_all(operator, plans)
+    jobs = migrations(store, config, population, batch, stats)
+    for p, first in zip(plans, proposals):
+        job = mutation(store, population, operator, p, first, stats)
+        if job is not None:
+            jobs.append(job)
+    return jobs
 
 
 def start(store: Store, config: Config, islands: int, from_rev: str | None) -> Population:
@@ -312,8 +332,29 @@ def program(store: Store, config: Config, candidate: Candidate, island: int | No
     return Program(candidate, {path: store.read_file(candidate.sha, path) for path in config.files}, island)
 
 
+@dataclass
+class Queued:
+    """A batch handed to the workers: each job with its evaluation to come, or None where the job
+    takes the result of a program the run has evaluated or is evaluating."""
+
+    jobs: list[Job]
+    futures: list[Future | None]
+
+    def cancel_waiting(self) -> None:
+        for future in self.futures:
+            if future is not None:
+                future.cancel()  # only those no worker has started
+
+
 class Evaluator:
-    """Runs jobs' evaluations in parallel worktrees and records each result as it arrives."""
+    """Runs jobs' evaluations in parallel worktrees, `workers` at a time, for the whole run, and
+    records the results of each batch in order.
+
+    A job takes a free worktree slot, checks out there and gives the slot back when its
+    evaluation ends, so the next job starts as soon as any worker is free and no worktree is ever
+    checked out again while an evaluation still reads it (a batch with migrations holds more
+    jobs than workers, and the next batch's jobs queue behind this one's).
+    """
 
     def __init__(self, store: Store, config: Config, base: str) -> None:
         self.store, self.config, self.base = store, config, base
@@ -322,6 +363,24 @@ class Evaluator:
         self.secrets = [k for k in os.environ if k.endswith(("_API_KEY", "_TOKEN", "_SECRET"))]
         if config.llm is not None and config.llm.api_key_env:  # whatever its name, the model's key stays ours
             self.secrets.append(config.llm.api_key_env)
+        self.free: queue.SimpleQueue[int] = queue.SimpleQueue()
+        for slot in range(config.workers):
+            self.free.put(slot)
+        self.pool: ThreadPoolExecutor | None = None
+        self.evaluating: set[str] = set()  # contents of the jobs submitted and not yet recorded
+
+    def __enter__(self) -> "Evaluator":
+        self.pool = ThreadPoolExecutor(max_workers=self.config.workers)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        assert self.pool is not None
+        if exc[0] is not None:
+            # Stopping: the evaluations in flight end now, the queued ones never start; all stay
+            # pending (committed and pinned) for the next run.
+            terminate_all()
+        self.pool.shutdown(wait=True, cancel_futures=exc[0] is not None)
+        self.pool = None
 
     def resume_job(self, candidate: Candidate, population: Population) -> Job:
         texts = {path: self.store.read_file(candidate.sha, path) for path in self.config.files}
@@ -333,42 +392,54 @@ class Evaluator:
         return Job(candidate, sum(len(t) for t in texts.values()), duplicate_of=known.sha if known else None)
 
     def run_batch(self, jobs: list[Job], population: Population, stats: Stats, progress: Progress) -> None:
-        """Evaluate the jobs, `workers` at a time, recording each result as it arrives.
+        """Evaluate the jobs and record their results (in order)."""
+        self.collect(self.submit(jobs, population), population, stats, progress)
 
-        A job takes a free worktree slot, checks out there and gives the slot back when its
-        evaluation ends, so the next job starts as soon as any worker is free and no worktree is
-        ever checked out again while an evaluation still reads it (a batch with migrations holds
-        more jobs than workers).
-        """
-        free: queue.SimpleQueue[int] = queue.SimpleQueue()
-        for slot in range(self.config.workers):
-            free.put(slot)
-
-        def work(job: Job) -> Evaluation:
-            slot = free.get()
-            try:
-                path = worktrees.checkout(self.store, slot, job.candidate.sha)
-                return self.evaluate_at(path, job.candidate, self.bars(job.candidate, population))
-            finally:
-                free.put(slot)
-
-        # A program the run has evaluated, or one another job of this batch evaluates, takes that result.
-        first, again, contents = [], [], set()
+    def submit(self, jobs: list[Job], population: Population) -> Queued:
+        """Queue the jobs' evaluations, except for programs the run has evaluated, or one that a
+        job submitted before evaluates: those take that result when they are recorded. The
+        stages' bars are the champions' as of now."""
+        assert self.pool is not None, "the Evaluator is used as a context manager"
+        futures: list[Future | None] = []
         for job in jobs:
-            (again if job.duplicate_of or job.candidate.content in contents else first).append(job)
-            contents.add(job.candidate.content)
-        with ThreadPoolExecutor(max_workers=self.config.workers) as pool:
-            futures = {pool.submit(work, job): job for job in first}
-            for future in as_completed(futures):
-                scored = self.record(futures[future], future.result(), population, stats, progress.say)
-                progress.update(population, stats, scored)
-        for job in again:
-            original = population.evaluated(job.candidate.content)
-            if original is None:  # the evaluation it waited for was interrupted
+            content = job.candidate.content
+            if job.duplicate_of or content in self.evaluating:
+                futures.append(None)
                 continue
-            scored = self.record(replace(job, duplicate_of=original.sha), taken(self.store, original), population, stats,
-                                 progress.say)
+            if content:
+                self.evaluating.add(content)
+            futures.append(self.pool.submit(self._work, job, self.bars(job.candidate, population)))
+        return Queued(jobs, futures)
+
+    def _work(self, job: Job, bars: dict[str, float]) -> Evaluation:
+        slot = self.free.get()
+        try:
+            path = worktrees.checkout(self.store, slot, job.candidate.sha)
+            return self.evaluate_at(path, job.candidate, bars)
+        finally:
+            self.free.put(slot)
+
+    def collect(self, queued: Queued, population: Population, stats: Stats, progress: Progress,
+                operator: Operator | None = None) -> None:
+        """Record the batch's results in its jobs' order, then tell the operator its scores."""
+        recorded = []
+        for job, future in zip(queued.jobs, queued.futures):
+            if future is not None and future.cancelled():
+                self.evaluating.discard(job.candidate.content)
+                continue  # stays pending: the next run evaluates it first
+            if future is not None:
+                result = future.result()
+                self.evaluating.discard(job.candidate.content)
+            else:
+                original = population.evaluated(job.candidate.content)
+                if original is None:  # the evaluation it waited for was cancelled or interrupted
+                    continue
+                job, result = replace(job, duplicate_of=original.sha), taken(self.store, original)
+            scored = self.record(job, result, population, stats, progress.say)
             progress.update(population, stats, scored)
+            recorded.append(population.candidates[job.candidate.sha])
+        if operator is not None:
+            teach(operator, population, recorded)
 
     def bars(self, c: Candidate, population: Population) -> dict[str, float]:
         """The scores `c` must reach at the stages with a bar relative to its island's champion

@@ -200,3 +200,35 @@ def test_status_says_how_fast_the_run_evaluates_and_how_long_each_stage_takes(tm
     text = ok(gitevolve(repo, "status")).stdout
     line = next(x for x in text.splitlines() if x.startswith(f"{pace['evaluations']} evaluations"))
     assert "median time per stage:" in line and "quick " in line and "full " in line
+
+
+# Each evaluation says which iteration it is for; iteration 1's waits until an evaluation of the
+# next batch (iterations 3 and 4, with two workers) has begun. A loop that waited for a whole
+# batch before starting the next would never let one begin: the wait ends in a failure.
+WAITING_HOOK = '''\
+import json, os, pathlib, runpy, subprocess, sys, time
+seen = pathlib.Path(os.environ["TOY_DIR"])
+message = subprocess.run(["git", "log", "-1", "--format=%B", os.environ["GITEVOLVE_CANDIDATE"]],
+                         capture_output=True, text=True).stdout
+iteration = next((l.split(":", 1)[1].strip() for l in message.splitlines() if l.startswith("Gitevolve-Iteration:")), "")
+(seen / f"started-{iteration or 'seed'}").touch()
+if iteration == "1":
+    deadline = time.monotonic() + 60
+    while not any((seen / f"started-{i}").exists() for i in (3, 4)):
+        if time.monotonic() > deadline:
+            print("no evaluation of the next batch began while this one ran", file=sys.stderr)
+            sys.exit(4)
+        time.sleep(0.05)
+p = runpy.run_path("prog.py")
+print(json.dumps({"status": "ok", "score": p["value"](), "metrics": {}}))
+'''
+
+
+def test_a_worker_free_early_takes_the_next_batch_s_job_instead_of_waiting_for_its_batch(tmp_path):
+    repo = make_repo(tmp_path / "repo", config=CONFIG.replace("timeout: 20", "timeout: 90"), hook=WAITING_HOOK)
+    seen = tmp_path / "seen"
+    seen.mkdir()
+    ok(gitevolve(repo, "run", "--iterations", "6", env={"TOY_DIR": str(seen)}))
+    by_iteration = {n["iteration"]: n for n in notes(repo).values() if n["iteration"] is not None}
+    assert by_iteration[1]["status"] == "ok", by_iteration[1]["reason"]
+    assert {"started-3", "started-4"} & {p.name for p in seen.iterdir()}
