@@ -86,6 +86,28 @@ def test_example_config_loads_and_names_its_backend(path):
 
 
 @pytest.mark.parametrize("path", KERNEL_EXAMPLES, ids=lambda p: p.parent.name)
+def test_example_map_elites_cells_come_from_metrics_the_hook_reports(path):
+    """The kernel examples' cells are decode and prefill speed, which the hook's summary reports:
+    a candidate fast at one path and slow at the other keeps a cell of its own."""
+    from evaluators.gqa.shapes import select
+    from evaluators.gqa.summary import by_kind
+    from gitevolve.config import load_config
+    from gitevolve.population import Candidate, cell
+
+    features = load_config(path.parent).features
+    scenarios = select("gpu")
+    reported = by_kind(scenarios, {s.name: 0.5 for s in scenarios})
+    assert {f.name for f in features} == {"decode_speedup", "prefill_speedup"} <= set(reported)
+
+    def candidate(decode, prefill):
+        return Candidate("c", None, 0, 1, 0, "ok", 0.1, metrics={"decode_speedup": decode, "prefill_speedup": prefill})
+
+    # Two early candidates of the H200 run of 2026-12-04, and the plain program.
+    cells = {cell(candidate(*x), features) for x in ((0.02, 0.52), (0.53, 0.18), (0.0085, 0.0093))}
+    assert len(cells) == 3
+
+
+@pytest.mark.parametrize("path", KERNEL_EXAMPLES, ids=lambda p: p.parent.name)
 def test_example_initial_settings_are_the_plain_starting_point(path):
     module = _load(path)
     assert module.SHARE_KV is False and module.ONLINE_SOFTMAX is False and module.SPLIT_BLOCKS == 0
