@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from gitevolve.errors import GitevolveError
 from gitevolve.evaluate import Stage
@@ -97,6 +97,25 @@ class MutationConfig(_Section):
     max_changes: int = Field(default=2, ge=1, le=10)  # tunables'
     crossover: float = Field(default=0.3, ge=0, le=1)  # tunables'
     builtin_share: float = Field(default=0.0, ge=0, le=1)  # with a model: share of mutations left to the built-in operator
+    # With a model: the mix of operators, a weight each (llm, search, tunables); instead of builtin_share.
+    weights: dict[Literal["llm", "search", "tunables"], float] | None = None
+
+    @field_validator("weights")
+    @classmethod
+    def _weights_add_up(cls, weights: dict | None) -> dict | None:
+        if weights is None:
+            return None
+        if any(w < 0 for w in weights.values()) or not sum(weights.values()) > 0:
+            raise ValueError(f"weights must be 0 or more, at least one above 0: got {weights}")
+        return weights
+
+    def mix(self) -> dict[str, float]:
+        """With a model: each operator's share of the mutations (the built-in ones first, in a fixed order)."""
+        if self.weights is None:
+            builtin = "tunables" if self.operator == "tunables" else "search"
+            return {builtin: self.builtin_share, "llm": 1 - self.builtin_share}
+        total = sum(self.weights.values())
+        return {name: self.weights.get(name, 0) / total for name in ("search", "tunables", "llm")}
 
 
 class ChampionConfig(_Section):
@@ -190,6 +209,12 @@ class Config(_Section):
     def _model_for_llm_operator(self) -> Config:
         if self.mutation.operator == "llm" and self.llm is None:
             raise ValueError("mutation.operator is 'llm' but no model is configured: add an llm section (docs/models.md)")
+        if self.mutation.weights is not None:
+            if self.llm is None:
+                raise ValueError("mutation.weights mixes the model with the built-in operators: add an llm section "
+                                 "(docs/models.md), or choose one built-in operator with mutation.operator")
+            if self.mutation.builtin_share:
+                raise ValueError("mutation: give weights or builtin_share, not both")
         return self
 
 
@@ -224,7 +249,7 @@ def parse_config(raw: dict[str, Any], name: str = CONFIG_NAME) -> Config:
 
 def _first_problem(error: ValidationError) -> str:
     problem = error.errors()[0]
-    key = ".".join(str(part) for part in problem["loc"]) or "(top level)"
+    key = ".".join(str(part) for part in problem["loc"] if part != "[key]") or "(top level)"  # pydantic marks a bad dict key so
     if problem["type"] == "extra_forbidden":
         return f"{key}: unknown key (see docs/config.md for the known ones)"
     if problem["type"] == "missing":

@@ -13,7 +13,8 @@
 A batch is planned while the one before it is still being evaluated, so a worker that finishes
 early takes the next batch's job instead of waiting for its batch's slowest: on one GPU a
 quick-stage rejection takes 20 s and a full evaluation 80 (the H200 run of 2026-12-04). The
-price is that a batch is planned without the scores of the batch just before it.
+price is that a batch is planned without the scores of the batch just before it (with one
+worker there is nothing to overlap, and each batch waits for the one before it).
 
 Every candidate is committed and pinned before it is evaluated, and scored by one atomic ref
 transaction after, so a run killed at any moment loses at most the evaluations in flight, which
@@ -111,6 +112,9 @@ def run(store: Store, config: Config, operator: Operator, progress: Progress, *,
                     if queued is not None:
                         evaluator.collect(queued, population, stats, progress, operator)
                     queued = ahead
+                    if config.workers == 1:  # nothing to overlap: each batch is planned with the one before it scored
+                        evaluator.collect(queued, population, stats, progress, operator)
+                        queued = None
                     iteration += len(batch)
                     done += len(batch)
                     stats.done = done

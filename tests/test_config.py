@@ -39,6 +39,9 @@ def test_flags_override_the_file_and_are_checked_the_same_way(repo):
         ("files: [prog.py\n", r"line \d+: not valid YAML"),
         ("- just\n- a list\n", r"a mapping of settings"),
         (CONFIG.replace("islands: 3", "islands: '3'"), r"islands: .*valid integer"),
+        (CONFIG + "mutation: {weights: {search: 1, model: 1}}\n", r"mutation\.weights\.model: .*'llm', 'search' or 'tunables'"),
+        (CONFIG + "mutation: {weights: {search: 1}}\n", r"mutation\.weights mixes the model .*add an llm section"),
+        (CONFIG + "mutation: {weights: {search: -1, llm: 2}}\n", r"mutation\.weights: .*0 or more"),
     ],
 )
 def test_malformed_configs_name_the_key(repo, text, message):

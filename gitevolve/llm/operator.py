@@ -3,7 +3,8 @@
 It plugs into the loop like the built-in one (`propose(parent, inspirations, rng)`), and says
 how many proposals the loop may ask of it at once (`concurrency`): model calls are slow, so a
 batch's calls run together. A configurable share of mutations still goes to the built-in
-tunables operator, cheap local tuning between model calls, drawn from the same seeded stream.
+operators (`mutation.weights`, or `builtin_share`), cheap local tuning between model calls, drawn
+from the same seeded stream.
 
 A reply that cannot become a candidate is refused here (so the loop commits nothing), counted
 in the ledger under its model with the reason, and that reason is shown in the next prompt for
@@ -34,20 +35,27 @@ class ModelOperator:
     duplicate_attempts = 2
 
     def __init__(self, config: Config, client: Client, ledger: Ledger, prompts: Prompts,
-                 builtin: Operator | None = None) -> None:
+                 builtins: dict[str, Operator] | None = None) -> None:
         assert config.llm is not None
-        self.client, self.ledger, self.prompts, self.builtin = client, ledger, prompts, builtin
+        self.client, self.ledger, self.prompts = client, ledger, prompts
         self.edit_format = config.llm.edit_format
-        self.share = config.mutation.builtin_share
+        # The built-in operators' shares, in a fixed order; the rest is the model's.
+        self.shares = {name: share for name, share in config.mutation.mix().items() if name != "llm" and share > 0}
+        self.builtins = {name: op for name, op in (builtins or {}).items() if name in self.shares}
+        self.share = sum(self.shares[name] for name in self.builtins)
         self.concurrency = config.llm.concurrency
         self.tried: dict[int, list[Observed]] = {}  # per island, every scored candidate (observe)
 
     def propose(self, parent: Program, inspirations: list[Program], rng: random.Random) -> Proposal:
-        if self.builtin is not None and self.share > 0 and rng.random() < self.share:
-            try:
-                return self.builtin.propose(parent, inspirations, rng)
-            except MutationRejected:
-                pass  # nothing the built-in operator can change here: the model's turn
+        if self.share > 0:
+            drawn = rng.random()
+            for name, op in self.builtins.items():
+                drawn -= self.shares[name]
+                if drawn < 0:
+                    try:
+                        return op.propose(parent, inspirations, rng)
+                    except MutationRejected:
+                        break  # nothing the built-in operator can change here: the model's turn
         model = self.client.pick(rng)
         messages = self.prompts.messages(parent, inspirations, self.ledger.feedback(parent.candidate.sha),
                                          self.tried.get(parent.island, []))
@@ -74,10 +82,11 @@ class ModelOperator:
 
     def observe(self, island: int, seen: Observed) -> None:
         """Scores fill the prompt's table of the tunables, and teach the built-in operator's search,
-        which takes `builtin_share` of the mutations."""
+        which takes its share of the mutations."""
         self.tried.setdefault(island, []).append(seen)
-        if self.builtin is not None and hasattr(self.builtin, "observe"):
-            self.builtin.observe(island, seen)
+        for op in self.builtins.values():
+            if hasattr(op, "observe"):
+                op.observe(island, seen)
 
     def duplicate(self, parent: Program, proposal: Proposal) -> None:
         """The loop found `proposal`'s program already on the island: tell the next prompt for `parent`."""
@@ -88,24 +97,25 @@ class ModelOperator:
                                        f"evaluated; propose a different change")
 
 
-def builtin_operator(config: Config) -> Operator:
-    """The operator that needs no model: the search over tunables, or random changes of them."""
+def builtin_operator(config: Config, name: str | None = None) -> Operator:
+    """An operator that needs no model (`name`, else the config's): the search over tunables, or random changes of them."""
     m = config.mutation
-    if m.operator == "tunables":
+    if (name or m.operator) == "tunables":
         return TunablesOperator(m.max_changes, m.crossover)
     return SearchOperator(m.sampler, config.seed, m.startup)
 
 
 def operator_for(store: Store, config: Config, environ: Mapping[str, str] = os.environ) -> Operator:
     """The operator a run uses: the model when one is configured (unless `mutation.operator` says a built-in one)."""
-    builtin = builtin_operator(config)
     if config.llm is None or config.mutation.operator in ("search", "tunables"):
-        return builtin
-    return ModelOperator(config, Client(config.llm, environ), Ledger(store), Prompts(store, config), builtin)
+        return builtin_operator(config)
+    builtins = {name: builtin_operator(config, name) for name, share in config.mutation.mix().items()
+                if name != "llm" and share > 0}
+    return ModelOperator(config, Client(config.llm, environ), Ledger(store), Prompts(store, config), builtins)
 
 
-def _builtin_words(config: Config) -> str:
-    if config.mutation.operator == "tunables":
+def _builtin_words(config: Config, name: str | None = None) -> str:
+    if (name or config.mutation.operator) == "tunables":
         return "the built-in tunables operator (random changes)"
     how = "random search" if config.mutation.sampler == "random" else "Optuna's TPE sampler"
     return f"the search operator ({how} over the declared tunables)"
@@ -119,6 +129,6 @@ def describe(operator: Operator, config: Config) -> str:
     total = sum(m.weight for m in config.llm.models)
     models = ", ".join(f"{m.name} ({m.weight / total:.0%})" for m in config.llm.models)
     line = f"Mutating with {models} at {config.llm.api_base} ({config.llm.edit_format} edits)"
-    if operator.share > 0:
-        line += f"; {operator.share:.0%} of mutations by {_builtin_words(config)}"
+    for name in operator.builtins:
+        line += f"; {operator.shares[name]:.0%} of mutations by {_builtin_words(config, name)}"
     return line + "."
