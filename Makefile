@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test clean
+.PHONY: demo test test-gpu clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -30,6 +30,11 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
+
+# The GPU tests alone (CUDA: an NVIDIA GPU with mlx[cuda13]; Metal: Apple Silicon); elsewhere they
+# skip. test-gpu.xml becomes the run's record: python benchmarks/test_record.py test-gpu.xml ...
+test-gpu: $(STAMP)
+	$(BIN)/python -m pytest -m "cuda or metal" -rfE --junitxml=test-gpu.xml
 
 clean:
 	rm -rf $(VENV) demo-run

@@ -454,11 +454,15 @@ class Evaluator:
         return {s.name: s.within * champion.stages[s.name] for s in self.stages
                 if s.within is not None and champion.stages.get(s.name, 0) > 0}
 
-    def evaluate_at(self, path, c: Candidate, bars: dict[str, float] | None = None) -> Evaluation:
-        """Evaluate candidate `c`, checked out at `path` (the loop's workers, and `promote`'s re-measuring)."""
+    def evaluate_at(self, path, c: Candidate, bars: dict[str, float] | None = None,
+                    purpose: str = "evaluate") -> Evaluation:
+        """Evaluate candidate `c`, checked out at `path` (the loop's workers, and `promote`'s re-measuring).
+        `purpose` tells the hook why (GITEVOLVE_PURPOSE): a first evaluation, or a re-measure that
+        decides a champion or a pull request, where a hook may trade speed for caution."""
         env = hook_environment(os.environ, {
             "GITEVOLVE_CANDIDATE": c.sha, "GITEVOLVE_PARENT": c.parent or "", "GITEVOLVE_BASE": self.base,
             "GITEVOLVE_FILES": os.pathsep.join(self.config.files), "GITEVOLVE_RUN": self.store.refs.run,
+            "GITEVOLVE_PURPOSE": purpose,
         }, self.secrets)
         return evaluate(path, self.stages, env, retries=self.config.evaluator.retries, bars=bars)
 
@@ -482,7 +486,7 @@ class Evaluator:
     def measure(self, c: Candidate) -> float | None:
         """One more evaluation of `c`, in a worktree of its own beside the workers': its score, None if it failed."""
         path = worktrees.checkout(self.store, self.config.workers, c.sha)
-        result = self.evaluate_at(path, c)
+        result = self.evaluate_at(path, c, purpose="remeasure")
         if result.reason == "interrupted":
             raise KeyboardInterrupt
         return result.score if result.status == "ok" else None

@@ -35,6 +35,8 @@ LUCKY = HOOK.replace('p = runpy.run_path("prog.py")\n', '''p = runpy.run_path("p
 seen = os.path.join(os.environ["TOY_SEEN"], f'{p["A"]}-{p["B"]}-{p["C"]}')
 lucky = 10.0 if p["A"] == 1 and not os.path.exists(seen) else 0.0
 open(seen, "a").close()
+with open(os.path.join(os.environ["TOY_SEEN"], "..", "purposes"), "a") as log:
+    log.write(os.environ["GITEVOLVE_PURPOSE"] + "\\n")
 ''').replace('"score": p["value"]()', '"score": p["value"]() + lucky')
 
 
@@ -53,6 +55,10 @@ def test_a_lucky_draw_does_not_take_the_branch(tmp_path, remeasure):
         assert "re-measured 2x each, interleaved" in done.stdout
         for sha in lost:
             assert len(scored[sha]["measurements"]) == 3 and scored[sha]["score"] < scored[sha]["measurements"][0]
+        # The hook is told which evaluations are re-measures (GITEVOLVE_PURPOSE): a duel's, 2 per side.
+        purposes = (tmp_path / "purposes").read_text().split()
+        assert set(purposes) == {"evaluate", "remeasure"}
+        assert purposes.count("remeasure") == sum(2 * 2 for n in scored.values() if n.get("duel"))
     else:
         assert not any(n.get("duel") for n in scored.values())
         # Without re-measuring, a lucky first draw holds a branch: what the default prevents.

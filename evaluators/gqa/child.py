@@ -19,7 +19,7 @@ import traceback
 from dataclasses import dataclass
 from pathlib import Path
 
-from evaluators.gqa import faults
+from evaluators.gqa import compile_cache, faults
 from evaluators.gqa.channel import Channel
 from evaluators.gqa.faults import safety
 
@@ -128,6 +128,7 @@ def main(args: argparse.Namespace) -> None:
         result = run(args)
     except BaseException as e:  # noqa: BLE001 - our own failure is reported like any other, as JSON
         result = _raised_outside_the_candidate(e)
+    result.setdefault("metrics", {}).update(compile_cache.stats())  # what NVRTC's cache saved here (CUDA)
     if args.result_file:
         write_json(args.result_file, result)
     else:  # run by hand with --child: no supervisor to read a file

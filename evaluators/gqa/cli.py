@@ -43,6 +43,9 @@ def parser() -> argparse.ArgumentParser:
                    help="seconds before the evaluation is killed as hung; keep it under gitevolve's timeout")
     p.add_argument("--allow-identical", action="store_true",
                    help="score a candidate whose outputs are bit-for-bit the baseline's (else it scores 0)")
+    p.add_argument("--compile-cache", default="auto", metavar="auto|off|DIR",
+                   help="CUDA: keep NVRTC's compiles across candidates, in DIR or (auto) ~/.cache/gitevolve/nvrtc; "
+                        "re-measures (GITEVOLVE_PURPOSE remeasure, promote) always compile afresh")
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--baseline", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--channel", default=None, help=argparse.SUPPRESS)

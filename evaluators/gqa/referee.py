@@ -28,7 +28,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from evaluators.gqa import bandwidth, device_lock, faults, race, report
+from evaluators.gqa import bandwidth, compile_cache, device_lock, faults, race, report
 from evaluators.gqa.channel import Closed, Garbled, TimedOut
 from evaluators.gqa.device_lock import Busy, DeviceLock
 from evaluators.gqa.shapes import select
@@ -235,20 +235,24 @@ def run(script: str, argv: list[str], args: argparse.Namespace) -> dict:
     cpus = timing_cpus(args.backend)
     _keep_off(cpus)
     _subreaper()
+    env, cache = compile_cache.for_candidate(args.backend, args.compile_cache)  # built outside the device lock
     try:
         with device_lock.held(args.backend, deadline) as lock:
-            result = _supervised(script, argv, args, budget, deadline, cpus, lock)
+            result = _supervised(script, argv, args, budget, deadline, cpus, lock, env)
     except Busy as e:  # before either process started
         return faults.failure("device_unavailable", str(e), True, {}, {})
     result.setdefault("metrics", {})["device_wait_seconds"] = round(lock.waited, 2)
+    if cache is not None:
+        result["metrics"]["compile_cache"] = cache
     return result
 
 
 def _supervised(script: str, argv: list[str], args: argparse.Namespace, budget: race.Budget, deadline: float,
-                cpus: frozenset[int] | None, lock: DeviceLock) -> dict:
+                cpus: frozenset[int] | None, lock: DeviceLock, env: dict[str, str] | None) -> dict:
     with tempfile.TemporaryDirectory(prefix="gqa-eval-") as tmp:
         ours = start([sys.executable, script, "--baseline", *argv], Path(tmp) / "baseline", channel=True, cpus=cpus)
-        theirs = start([sys.executable, script, "--child", *argv], Path(tmp) / "candidate", channel=True, cpus=cpus)
+        theirs = start([sys.executable, script, "--child", *argv], Path(tmp) / "candidate", channel=True, cpus=cpus,
+                       env=env)
         previous = forward_signals([ours.proc.pid, theirs.proc.pid])
         try:
             baseline = Endpoint(ours, deadline, "baseline")

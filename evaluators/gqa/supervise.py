@@ -30,7 +30,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from evaluators.gqa import faults
+from evaluators.gqa import compile_cache, faults
 from evaluators.gqa.channel import Channel
 from gitevolve.hookkit import exit_words, signal_group
 
@@ -224,5 +224,8 @@ def main(script: str, argv: list[str], args: argparse.Namespace) -> dict:
     """Evaluate as `script --child argv` would (`args`: argv parsed), supervised; `script` is the
     hook file itself, so the child imports the harness the same way the hook did. This is the
     correctness stage; a timed stage races the baseline as well (referee.run)."""
-    child = run_child([sys.executable, script, "--child", *argv], args.timeout)
-    return classify(child, args.timeout)
+    env, cache = compile_cache.for_candidate(args.backend, args.compile_cache)
+    result = classify(run_child([sys.executable, script, "--child", *argv], args.timeout, env), args.timeout)
+    if cache is not None:
+        result.setdefault("metrics", {})["compile_cache"] = cache
+    return result
