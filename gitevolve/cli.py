@@ -64,7 +64,8 @@ def run(
     workers: Optional[int] = typer.Option(None, help="Evaluations in parallel, each in its own worktree."),
     seed: Optional[int] = typer.Option(None, help="Seed for reproducible selection and built-in mutations."),
     from_rev: Optional[str] = typer.Option(None, "--from", help="Start a new run, or the new islands, from this commit or ref."),
-    time_budget: Optional[str] = typer.Option(None, "--time", help="Start no new candidate after this long (90s, 10m, 1.5h); "
+    time_budget: Optional[str] = typer.Option(None, "--time", help="Start no new candidate after this long (90s, 10m, 1.5h), and stop "
+                                              "evaluations still running 10% later (they stay pending for the next run); "
                                               "without --iterations, go on until then."),
     run_name: str = RunOption,
 ) -> None:

@@ -83,9 +83,20 @@ class Stats:
         return 60.0 * self.evaluated / max(time.monotonic() - self.started, 1e-9)
 
 
+# Evaluations still running this long after a time budget (as a share of it) are stopped: on one
+# GPU a full evaluation takes 95 s and a duel four more, and a 4-minute run went on for 200 s more.
+OVERTIME = 0.1
+
+
+class OutOfTime(Exception):
+    """The time budget and its overtime are spent: what was in flight stays pending."""
+
+
 def run(store: Store, config: Config, operator: Operator, progress: Progress, *, islands: int, iterations: int | None,
         from_rev: str | None = None, seconds: float | None = None) -> Stats:
-    """Make `iterations` candidates (None: no limit), starting no new batch after `seconds` (None: no limit)."""
+    """Make `iterations` candidates (None: no limit), starting no new batch after `seconds` (None:
+    no limit) and stopping what still runs `OVERTIME` later; the candidates committed before the
+    budget began are evaluated first, whatever it is."""
     deadline = None if seconds is None else time.monotonic() + seconds
     with run_lock(store):
         population = start(store, config, islands, from_rev)
@@ -104,6 +115,8 @@ def run(store: Store, config: Config, operator: Operator, progress: Progress, *,
                         raise GitevolveError(f"island {island}'s starting commit {seed.sha[:10]} did not pass the evaluator "
                                              f"({_why(store, seed.sha)}): fix it, then run again (`gitevolve show {seed.sha[:10]}`)")
                 iteration, done, queued = population.next_iteration(), 0, None
+                if deadline is not None:
+                    evaluator.stop_at(deadline + OVERTIME * seconds)
                 while (iterations is None or done < iterations) and (deadline is None or time.monotonic() < deadline):
                     size = config.workers if iterations is None else min(config.workers, iterations - done)
                     batch = list(range(iteration, iteration + size))
@@ -122,6 +135,10 @@ def run(store: Store, config: Config, operator: Operator, progress: Progress, *,
                     if deadline is not None and time.monotonic() >= deadline:
                         queued.cancel_waiting()  # out of time: what has not started stays pending for the next run
                     evaluator.collect(queued, population, stats, progress, operator)
+        except OutOfTime:
+            waiting = len(load(store, store.ref_state()).pending())
+            progress.say(f"Out of time: what still ran {OVERTIME:.0%} after the budget was stopped. {waiting} candidate(s) "
+                         f"are committed but not scored: `gitevolve run` evaluates them first.")
         except KeyboardInterrupt:
             terminate_all()
             waiting = len(load(store, store.ref_state()).pending())
@@ -372,6 +389,22 @@ class Evaluator:
             self.free.put(slot)
         self.pool: ThreadPoolExecutor | None = None
         self.evaluating: set[str] = set()  # contents of the jobs submitted and not yet recorded
+        self.expired = False  # the run's time is up: evaluations end as interrupted, and none starts
+        self.timer: threading.Timer | None = None
+
+    def stop_at(self, when: float) -> None:
+        """At `when` (time.monotonic()), stop the evaluations in flight and start no other."""
+        self.timer = threading.Timer(max(when - time.monotonic(), 0.0), self.expire)
+        self.timer.daemon = True
+        self.timer.start()
+
+    def expire(self) -> None:
+        self.expired = True
+        terminate_all()
+
+    def stopped(self) -> BaseException:
+        """What an interrupted evaluation raises: the user's Ctrl-C, or the time budget's end."""
+        return OutOfTime() if self.expired else KeyboardInterrupt()
 
     def __enter__(self) -> "Evaluator":
         self.pool = ThreadPoolExecutor(max_workers=self.config.workers)
@@ -379,6 +412,8 @@ class Evaluator:
 
     def __exit__(self, *exc) -> None:
         assert self.pool is not None
+        if self.timer is not None:
+            self.timer.cancel()
         if exc[0] is not None:
             # Stopping: the evaluations in flight end now, the queued ones never start; all stay
             # pending (committed and pinned) for the next run.
@@ -418,6 +453,8 @@ class Evaluator:
     def _work(self, job: Job, bars: dict[str, float]) -> Evaluation:
         slot = self.free.get()
         try:
+            if self.expired:  # queued when the time ran out: it stays pending
+                return Evaluation("failed", None, {}, {}, "interrupted", "", 0, 0.0, {})
             path = worktrees.checkout(self.store, slot, job.candidate.sha)
             return self.evaluate_at(path, job.candidate, bars)
         finally:
@@ -488,13 +525,13 @@ class Evaluator:
         path = worktrees.checkout(self.store, self.config.workers, c.sha)
         result = self.evaluate_at(path, c, purpose="remeasure")
         if result.reason == "interrupted":
-            raise KeyboardInterrupt
+            raise self.stopped()
         return result.score if result.status == "ok" else None
 
     def record(self, job: Job, result: Evaluation, population: Population, stats: Stats,
                say: Callable[[str], None] | None = None) -> Candidate:
         if result.reason == "interrupted":
-            raise KeyboardInterrupt  # the run is stopping: leave the candidate unscored for the next run
+            raise self.stopped()  # the run is stopping: leave the candidate unscored for the next run
         c = job.candidate
         scored = replace(c, status=result.status, score=result.score, metrics=result.metrics, stages=result.stages,
                          features={"code_length": job.code_length}, duplicate_of=job.duplicate_of)

@@ -1,6 +1,7 @@
 """Whole runs through the real command line, on real repositories."""
 
 import json
+import time
 
 from conftest import CONFIG, HOOK, git, gitevolve, make_repo
 
@@ -170,6 +171,29 @@ def test_a_time_budget_stops_the_run_and_a_bad_one_says_what_to_write(repo):
     assert len(notes(repo)) == 1 + 2
     bad = gitevolve(repo, "run", "--time", "soon")
     assert bad.returncode != 0 and "--time: expected a duration such as 90s, 10m or 1.5h, got 'soon'" in bad.stderr
+
+
+# The base is quick; every other program sleeps while TOY_SLOW is set: a GPU run's last evaluations.
+SLOW_BUT_THE_BASE = HOOK.replace('time.sleep(float(os.environ.get("TOY_SLEEP", "0")))',
+                                 'time.sleep(60 if os.environ.get("TOY_SLOW") and p["A"] != 1 else 0)')
+
+
+def test_evaluations_still_running_past_the_time_budget_are_stopped_and_stay_pending(tmp_path):
+    repo = make_repo(tmp_path / "repo", hook=SLOW_BUT_THE_BASE)
+    started = time.monotonic()
+    done = ok(gitevolve(repo, "run", "--time", "2s", env={"TOY_SLOW": "1"}))
+    # 2 s and 10% overtime, then stopped: not the 60 s the evaluations would take. The margin is
+    # wide so that a loaded machine cannot break it; what matters is that the sleep is cut.
+    assert time.monotonic() - started < 40
+    assert "Out of time" in done.stdout and "`gitevolve run` evaluates them first" in done.stdout
+    scored = notes(repo)
+    assert len(scored) == 1  # the base; the candidates in flight were stopped before a note
+    committed = set(git(repo, "rev-list", "--all", "--", "prog.py").split()) - set(scored)
+    pending = [sha for sha in committed if git(repo, "log", "-1", "--format=%s", sha).startswith("Set ")]
+    assert pending
+    again = ok(gitevolve(repo, "run", "--iterations", "0"))
+    assert f"Evaluating {len(pending)} candidate(s) committed but not yet scored" in again.stdout
+    assert set(pending) <= set(notes(repo))
 
 
 def test_a_stage_can_reject_candidates_well_below_their_champion_before_the_later_stages(tmp_path):
