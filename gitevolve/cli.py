@@ -13,10 +13,12 @@ from typing import Any, Optional
 
 import typer
 from rich.console import Console
+from tabulate import tabulate
 
 from gitevolve import loop, report
 from gitevolve.commands import init as init_command
 from gitevolve.commands import promote as promote_command
+from gitevolve.commands import runs as runs_command
 from gitevolve.config import load_config
 from gitevolve.errors import GitevolveError
 from gitevolve.llm import operator as llm_operator
@@ -67,6 +69,8 @@ def run(
     time_budget: Optional[str] = typer.Option(None, "--time", help="Start no new candidate after this long (90s, 10m, 1.5h), and stop "
                                               "evaluations still running 10% later (they stay pending for the next run); "
                                               "without --iterations, go on until then."),
+    retry_failed: bool = typer.Option(False, "--retry-failed", help="Evaluate a starting commit that failed again "
+                                      "(after fixing the hook or installing what it needed)."),
     run_name: str = RunOption,
 ) -> None:
     """Evolve. Never touches the checkout, the index or the current branch; kill it at any moment, run it again to go on."""
@@ -83,7 +87,7 @@ def run(
         # With a time budget alone, the budget decides; with --iterations too, whichever comes first.
         count = None if seconds is not None and iterations is None else config.iterations
         stats = loop.run(store, config, operator, progress, islands=config.islands, iterations=count, from_rev=from_rev,
-                         seconds=seconds)
+                         seconds=seconds, retry_failed=retry_failed)
     except KeyboardInterrupt:
         raise typer.Exit(130) from None
     store.tidy()
@@ -98,6 +102,34 @@ def run(
     if best:
         console.print(f"Best: {report.format_score(best['score'])} on {best['branch']} ({best['champion'][:10]}); "
                       f"base scored {report.format_score(board['base_score'])}. See `gitevolve status`.", highlight=False)
+
+
+@app.command()
+def runs() -> None:
+    """List the runs in this repository: their base, islands and candidates."""
+    store = Store(Path.cwd())
+    rows = runs_command.summaries(store)
+    if not rows:
+        console.print("No run in this repository yet: start one with `gitevolve run`.", highlight=False)
+        return
+    typer.echo(tabulate([[r.name, r.base[:10], r.islands, r.candidates] for r in rows],
+                        headers=["run", "base", "islands", "candidates"]))
+
+
+@app.command()
+def forget(
+    name: str = typer.Argument(..., help="The run to drop (`gitevolve runs` lists them)."),
+    yes: bool = typer.Option(False, "--yes", help="Do not ask first."),
+) -> None:
+    """Drop a run: its refs, island branches and notes. The commits stay in git until it prunes them."""
+    store = Store(Path.cwd(), name)
+    if not yes and not typer.confirm(f"Forget run {name!r}: its island branches, pinned candidates and scores?"):
+        raise typer.Exit(1)
+    gone = runs_command.forget(store)
+    console.print(f"Forgot run {gone.run!r} ({gone.refs} refs). Until git prunes the commits, these bring back its "
+                  f"branches, base and scores:", highlight=False, soft_wrap=True)
+    for ref, sha in gone.kept.items():
+        typer.echo(f"  git update-ref {ref} {sha}")
 
 
 def duration(text: str, flag: str) -> float:

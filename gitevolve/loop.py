@@ -93,7 +93,7 @@ class OutOfTime(Exception):
 
 
 def run(store: Store, config: Config, operator: Operator, progress: Progress, *, islands: int, iterations: int | None,
-        from_rev: str | None = None, seconds: float | None = None) -> Stats:
+        from_rev: str | None = None, seconds: float | None = None, retry_failed: bool = False) -> Stats:
     """Make `iterations` candidates (None: no limit), starting no new batch after `seconds` (None:
     no limit) and stopping what still runs `OVERTIME` later; the candidates committed before the
     budget began are evaluated first, whatever it is."""
@@ -104,6 +104,12 @@ def run(store: Store, config: Config, operator: Operator, progress: Progress, *,
         progress.begin(population, iterations)
         try:
             with Evaluator(store, config, population.base) as evaluator:
+                again = failed_seeds(store, population, evaluator.id, retry_failed)
+                if again:
+                    for c, why in again:
+                        progress.say(f"Evaluating the starting commit {c.sha[:10]} again: {why}.")
+                    evaluator.run_batch([evaluator.resume_job(c, population, again=True) for c, _ in again], population,
+                                        stats, progress)
                 if population.pending():
                     progress.say(f"Evaluating {len(population.pending())} candidate(s) committed but not yet scored.")
                     evaluator.run_batch([evaluator.resume_job(c, population) for c in population.pending()], population,
@@ -113,7 +119,9 @@ def run(store: Store, config: Config, operator: Operator, progress: Progress, *,
                     if not population.alive(island):
                         seed = population.candidates[population.seeds[island]]
                         raise GitevolveError(f"island {island}'s starting commit {seed.sha[:10]} did not pass the evaluator "
-                                             f"({_why(store, seed.sha)}): fix it, then run again (`gitevolve show {seed.sha[:10]}`)")
+                                             f"({_why(store, seed.sha)}): fix it (`gitevolve show {seed.sha[:10]}`), then "
+                                             f"`gitevolve run --retry-failed`{_named(store)}; a changed evaluator section "
+                                             f"is retried without it")
                 iteration, done, queued = population.next_iteration(), 0, None
                 if deadline is not None:
                     evaluator.stop_at(deadline + OVERTIME * seconds)
@@ -147,6 +155,25 @@ def run(store: Store, config: Config, operator: Operator, progress: Progress, *,
         finally:
             progress.end()
         return stats
+
+
+def failed_seeds(store: Store, population: Population, evaluator_id: str, retry: bool) -> list[tuple[Candidate, str]]:
+    """The starting commits whose failed evaluation does not stand: all of them with `retry`
+    (the user fixed what the evaluator needed), else those an earlier evaluator section failed."""
+    again = []
+    for sha in dict.fromkeys(population.seeds.values()):  # islands often share one seed: evaluated once
+        seed = population.candidates[sha]
+        if seed.alive or seed.status == "pending":
+            continue
+        if retry:
+            again.append((seed, "--retry-failed"))
+        elif (store.note(sha) or {}).get("evaluator") != evaluator_id:
+            again.append((seed, "the evaluator section changed since it failed"))
+    return again
+
+
+def _named(store: Store) -> str:
+    return "" if store.refs.default else f" --run {store.refs.run}"
 
 
 def make_batch(store: Store, config: Config, population: Population, operator: Operator, batch: list[int],
@@ -421,13 +448,15 @@ class Evaluator:
         self.pool.shutdown(wait=True, cancel_futures=exc[0] is not None)
         self.pool = None
 
-    def resume_job(self, candidate: Candidate, population: Population) -> Job:
+    def resume_job(self, candidate: Candidate, population: Population, again: bool = False) -> Job:
+        """The job that evaluates a committed candidate: one a run left pending, or (`again`) one
+        whose evaluation is done over, so that it takes no earlier result, not even its own."""
         texts = {path: self.store.read_file(candidate.sha, path) for path in self.config.files}
         tree = candidate.tree or self.store.repo.commit(candidate.sha).tree.hexsha
         settings, content = described(self.store, candidate.sha, tree, {}, texts)
         candidate = replace(candidate, settings=settings, content=content)
         population.add(candidate)
-        known = population.evaluated(content)
+        known = None if again else population.evaluated(content)
         return Job(candidate, sum(len(t) for t in texts.values()), duplicate_of=known.sha if known else None)
 
     def run_batch(self, jobs: list[Job], population: Population, stats: Stats, progress: Progress) -> None:

@@ -17,7 +17,8 @@ from gitevolve.store import Store
 def population_of(store: Store) -> Population:
     state = store.ref_state()
     if state.base is None:
-        raise GitevolveError(f"no run {store.refs.run!r} in this repository: start one with `gitevolve run`")
+        hint = "gitevolve run" if store.refs.default else f"gitevolve run --run {store.refs.run}"
+        raise GitevolveError(f"no run {store.refs.run!r} in this repository ({store.known_runs()}): start one with `{hint}`")
     return load(store, state)
 
 

@@ -165,6 +165,20 @@ class Store:
 
     # --- refs ------------------------------------------------------------------------------
 
+    def run_names(self) -> list[str]:
+        """Every run in the repository (each has a base ref), the default first."""
+        found = []
+        for line in self.git("for-each-ref", "--format=%(refname)", "refs/gitevolve/").splitlines():
+            m = re.fullmatch(r"refs/gitevolve/([^/]+)/base", line.strip())
+            if m:
+                found.append(m.group(1))
+        return sorted(found, key=lambda name: (name != "default", name))
+
+    def known_runs(self) -> str:
+        """For an error about a run that is not there: the ones that are."""
+        runs = self.run_names()
+        return f"runs here: {', '.join(runs)}" if runs else "no run yet"
+
     def ref_state(self) -> RefState:
         out = self.git(
             "for-each-ref", "--format=%(objectname) %(refname)",

@@ -47,5 +47,6 @@ def remove_all(store: Store) -> None:
     """Drop this run's worktrees (they are recreated on demand)."""
     with _registry:
         for path in worktree_root(store).glob(f"{store.refs.run}-*"):
-            shutil.rmtree(path, ignore_errors=True)
+            if path.name.removeprefix(f"{store.refs.run}-").isdigit():  # not run "a-b"'s, beside run "a"
+                shutil.rmtree(path, ignore_errors=True)
         store.git("worktree", "prune")

@@ -1,0 +1,84 @@
+"""The traps of a newcomer's first hour (issue 17), each reproduced on a real repository."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+from conftest import CONFIG, HOOK, IDENTITY, git, gitevolve, make_repo
+from test_run import notes, ok
+
+# The hook fails while TOY_BROKEN is set: mlx not installed yet, a typo since fixed.
+BROKEN_UNTIL_FIXED = HOOK.replace('p = runpy.run_path("prog.py")\n', '''p = runpy.run_path("prog.py")
+if os.environ.get("TOY_BROKEN"):
+    print("ModuleNotFoundError: No module named 'mlx'", file=sys.stderr)
+    sys.exit(1)
+''')
+
+
+def failed(done: subprocess.CompletedProcess) -> str:
+    assert done.returncode == 1, done.stdout + done.stderr
+    return done.stderr
+
+
+def test_a_base_that_failed_is_evaluated_again_once_the_user_says_it_is_fixed(repo):
+    (repo / "score.py").write_text(BROKEN_UNTIL_FIXED)
+    git(repo, "commit", "--quiet", "-am", "A hook that needs mlx")
+    first = failed(gitevolve(repo, "run", env={"TOY_BROKEN": "1"}))
+    assert "starting commit" in first and "No module named 'mlx'" in first and "--retry-failed" in first
+    # Fixed (installed), but the note of the failure stands until the user says so: the hook is
+    # not rerun on every start for nothing, and the message says how.
+    again = failed(gitevolve(repo, "run"))
+    assert "No module named 'mlx'" in again and "gitevolve run --retry-failed" in again
+    done = ok(gitevolve(repo, "run", "--retry-failed", "--iterations", "3"))
+    assert "Evaluating the starting commit" in done.stdout and "again: --retry-failed" in done.stdout
+    scored = notes(repo)
+    base = git(repo, "rev-parse", "refs/gitevolve/default/base").strip()
+    assert scored[base]["status"] == "ok" and len(scored) == 1 + 3
+
+
+def test_a_changed_evaluator_section_evaluates_a_failed_base_again_by_itself(repo):
+    (repo / "score.py").write_text(BROKEN_UNTIL_FIXED)
+    git(repo, "commit", "--quiet", "-am", "A hook that needs mlx")
+    failed(gitevolve(repo, "run", env={"TOY_BROKEN": "1"}))
+    (repo / ".gitevolve.yml").write_text(CONFIG.replace("timeout: 20", "timeout: 25"))
+    done = ok(gitevolve(repo, "run", "--iterations", "2"))
+    assert "again: the evaluator section changed since it failed" in done.stdout
+    # A base that passed is never evaluated again, whatever the flag.
+    again = ok(gitevolve(repo, "run", "--retry-failed", "--iterations", "1"))
+    assert "Evaluating the starting commit" not in again.stdout
+
+
+def test_runs_lists_the_runs_and_forget_drops_one_and_says_how_to_bring_it_back(repo):
+    ok(gitevolve(repo, "run", "--iterations", "3"))
+    ok(gitevolve(repo, "run", "--iterations", "3", "--run", "fast", "--islands", "2"))
+    listed = ok(gitevolve(repo, "runs")).stdout
+    assert listed.index("default") < listed.index("fast") and "candidates" in listed
+    default_refs = git(repo, "for-each-ref", "refs/gitevolve/default/", "refs/heads/gitevolve/island-0")
+
+    refused = subprocess.run([sys.executable, "-m", "gitevolve", "forget", "fast"], cwd=repo, input="n\n",
+                             capture_output=True, text=True, env={**subprocess.os.environ, **IDENTITY})
+    assert refused.returncode == 1 and "fast" in ok(gitevolve(repo, "runs")).stdout  # asked, said no: kept
+
+    gone = ok(gitevolve(repo, "forget", "fast", "--yes")).stdout
+    assert "Forgot run 'fast'" in gone
+    assert git(repo, "for-each-ref", "refs/gitevolve/fast/", "refs/heads/gitevolve/fast/", "refs/notes/gitevolve-fast") == ""
+    assert git(repo, "for-each-ref", "refs/gitevolve/default/", "refs/heads/gitevolve/island-0") == default_refs
+    missing = failed(gitevolve(repo, "status", "--run", "fast"))
+    assert "no run 'fast' in this repository (runs here: default)" in missing and "gitevolve run --run fast" in missing
+
+    # What it printed puts the run's branches, base and scores back.
+    for line in gone.splitlines():
+        if line.strip().startswith("git update-ref"):
+            git(repo, *line.split()[1:])
+    board = ok(gitevolve(repo, "status", "--run", "fast")).stdout
+    assert "gitevolve/fast/island-1" in board
+
+
+def test_forget_of_a_run_that_is_not_there_names_the_ones_that_are(repo):
+    ok(gitevolve(repo, "run", "--iterations", "1"))
+    assert "no run 'nope' to forget (runs here: default)" in failed(gitevolve(repo, "forget", "nope", "--yes"))
+    ok(gitevolve(repo, "forget", "default", "--yes"))
+    assert "No run in this repository yet" in ok(gitevolve(repo, "runs")).stdout
+    ok(gitevolve(repo, "run", "--iterations", "1"))  # a forgotten run starts afresh under its name
+    assert len(notes(repo)) == 2
