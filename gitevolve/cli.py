@@ -102,6 +102,9 @@ def run(
     if best:
         console.print(f"Best: {report.format_score(best['score'])} on {best['branch']} ({best['champion'][:10]}); "
                       f"base scored {report.format_score(board['base_score'])}. See `gitevolve status`.", highlight=False)
+    if stats.done and not stats.made:
+        raise GitevolveError(f"no candidate was made: all {stats.done} mutations failed ({skipped}); `gitevolve status` "
+                             f"shows why (with a model: its refused replies, by reason)")
 
 
 @app.command()

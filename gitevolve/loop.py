@@ -32,6 +32,7 @@ import os
 import queue
 import random
 import statistics
+import textwrap
 import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -68,6 +69,7 @@ class Job:
 class Stats:
     started: float = field(default_factory=time.monotonic)
     done: int = 0  # iterations of this invocation, including those that made no candidate
+    made: int = 0  # candidates this invocation committed (mutations and migrations)
     evaluated: int = 0
     failed: int = 0
     duplicates: int = 0  # candidates that took an earlier evaluation's result instead of their own
@@ -122,6 +124,8 @@ def run(store: Store, config: Config, operator: Operator, progress: Progress, *,
                                              f"({_why(store, seed.sha)}): fix it (`gitevolve show {seed.sha[:10]}`), then "
                                              f"`gitevolve run --retry-failed`{_named(store)}; a changed evaluator section "
                                              f"is retried without it")
+                if getattr(operator, "needs_tunables", False):
+                    refuse_nothing_to_tune(store, config, population)
                 iteration, done, queued = population.next_iteration(), 0, None
                 if deadline is not None:
                     evaluator.stop_at(deadline + OVERTIME * seconds)
@@ -157,6 +161,18 @@ def run(store: Store, config: Config, operator: Operator, progress: Progress, *,
         return stats
 
 
+def refuse_nothing_to_tune(store: Store, config: Config, population: Population) -> None:
+    """A built-in operator changes declared tunables only: with none anywhere, every mutation
+    would fail and the run would end having done nothing."""
+    heads = dict.fromkeys([*population.seeds.values(), *population.champions.values()])
+    for sha in heads:
+        if tunables.declared({path: store.read_file(sha, path) for path in config.files})[0]:
+            return
+    raise GitevolveError(f"nothing to evolve: {', '.join(config.files)} declare no tunables and no model is configured: "
+                         f"mark a value inside an EVOLVE-BLOCK (`BLOCK = 64  # gitevolve: choices=[32, 64, 128]`, "
+                         f"docs/config.md), or add an llm section (docs/models.md)")
+
+
 def failed_seeds(store: Store, population: Population, evaluator_id: str, retry: bool) -> list[tuple[Candidate, str]]:
     """The starting commits whose failed evaluation does not stand: all of them with `retry`
     (the user fixed what the evaluator needed), else those an earlier evaluator section failed."""
@@ -170,6 +186,12 @@ def failed_seeds(store: Store, population: Population, evaluator_id: str, retry:
         elif (store.note(sha) or {}).get("evaluator") != evaluator_id:
             again.append((seed, "the evaluator section changed since it failed"))
     return again
+
+
+def _kind(reason: str) -> str:
+    """A rejection's reason as a kind to count: its head, shortened at a word, never mid-word."""
+    head = reason.split(":")[0].split(" (")[0].strip()
+    return textwrap.shorten(head, width=60, placeholder=" ...") or "rejected"
 
 
 def _named(store: Store) -> str:
@@ -187,6 +209,7 @@ def make_batch(store: Store, config: Config, population: Population, operator: O
         job = mutation(store, population, operator, p, first, stats)
         if job is not None:
             jobs.append(job)
+    stats.made += len(jobs)
     return jobs
 
 
@@ -316,7 +339,7 @@ def mutation(store: Store, population: Population, operator: Operator, p: Plan, 
         if attempt:
             outcome = propose(operator, p)  # the island already tried that tree: ask again
         if isinstance(outcome, MutationRejected):
-            stats.reject(str(outcome).split(":")[0][:40])
+            stats.reject(_kind(str(outcome)))
             return None
         trailers = {"Island": p.island, "Iteration": p.iteration, "Generation": p.generation, "Operator": outcome.operator,
                     "Parent-Selection": p.how}

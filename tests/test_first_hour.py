@@ -82,3 +82,26 @@ def test_forget_of_a_run_that_is_not_there_names_the_ones_that_are(repo):
     assert "No run in this repository yet" in ok(gitevolve(repo, "runs")).stdout
     ok(gitevolve(repo, "run", "--iterations", "1"))  # a forgotten run starts afresh under its name
     assert len(notes(repo)) == 2
+
+
+def test_a_program_with_nothing_to_evolve_is_refused_at_start_with_what_to_add(tmp_path):
+    plain = "def value():\n    return 1.0\n"
+    hook = HOOK.replace('p["value"]()', "1.0").replace('if p["A"] == 5 and p["B"] == "fast":', "if False:") \
+               .replace('"metrics": {"a": p["A"], "b": p["B"]}', '"metrics": {}')
+    repo = make_repo(tmp_path / "repo", program="# EVOLVE-BLOCK-START\nX = 1\n# EVOLVE-BLOCK-END\n" + plain, hook=hook)
+    message = failed(gitevolve(repo, "run"))
+    assert message.count("\n") == 1  # one line
+    assert "nothing to evolve: prog.py declare no tunables and no model is configured" in message
+    assert "# gitevolve: choices=[32, 64, 128]" in message and "add an llm section" in message
+
+
+def test_a_run_whose_every_model_reply_is_refused_exits_with_an_error(tmp_path):
+    from openai_server import FakeOpenAI, Reply
+    from test_llm_run import KEY, model_config
+
+    with FakeOpenAI(lambda request: Reply("I would rather not change anything.")) as server:
+        repo = make_repo(tmp_path / "repo", config=model_config(server.url, "  stop_after_failures: 50\n"))
+        done = gitevolve(repo, "run", "--iterations", "3", env=KEY)
+    message = failed(done)
+    assert "no candidate was made: all 3 mutations failed (3 no edit in the reply)" in message
+    assert "Done: 1 evaluated" in done.stdout  # the base, evaluated and kept

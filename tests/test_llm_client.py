@@ -146,3 +146,31 @@ def test_a_missing_key_is_an_error_before_any_call_and_a_local_server_needs_none
     server.script = [Reply("ok")]
     c = Client(settings(server.url, api_key_env=None), {})
     assert c.complete(c.config.models[0], MESSAGES).text == "ok"
+
+
+def test_a_server_that_refuses_the_connection_from_the_start_stops_the_run_at_once():
+    import socket
+
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    waits = []
+    c = Client(settings(f"http://127.0.0.1:{port}/v1"), ENV, sleep=waits.append)
+    with pytest.raises(GitevolveError, match=rf"nothing answers at http://127.0.0.1:{port}/v1 \(connection refused\): "
+                                             r"start the model server"):
+        c.complete(c.config.models[0], MESSAGES)
+    assert waits == []  # not one retry
+
+
+def test_a_server_that_answered_once_and_then_refuses_is_retried_as_a_restart(server):
+    import socket
+
+    c = client(server, waits := [])
+    server.script = [Reply("first")]
+    c.complete(c.config.models[0], MESSAGES)
+    with socket.socket() as s:  # the server goes away after a reply (a restart): its port refuses
+        s.bind(("127.0.0.1", 0))
+        c._client.base_url = f"http://127.0.0.1:{s.getsockname()[1]}/v1"
+    with pytest.raises(CallFailed, match="model connection failed"):
+        c.complete(c.config.models[0], MESSAGES)
+    assert len(waits) == c.config.retries

@@ -71,6 +71,7 @@ class Client:
         self._slots = threading.BoundedSemaphore(config.concurrency)
         self._lock = threading.Lock()
         self._failed_in_a_row = 0
+        self._replied = False  # a server that has answered once and then refuses may be restarting
         self._stopped: GitevolveError | None = None
         self._jitter = random.Random()  # jitter need not repeat: it only spreads retries apart
         self._sleep = sleep
@@ -99,6 +100,11 @@ class Client:
             except self._openai.APITimeoutError:
                 failure = ("model timeout", f"no reply within {model.timeout:g} s")
             except self._openai.APIConnectionError as e:
+                if _refused(e) and not self._replied:
+                    # Nothing listens there: no retry will change that, and the retries of a whole
+                    # batch took 1 min 42 s of silence before the error.
+                    self._stop(GitevolveError(f"nothing answers at {self.config.api_base} (connection refused): start "
+                                              f"the model server, or set llm.api_base to where it listens"))
                 failure = ("model connection failed", f"{self.config.api_base}: {e}")
             except self._openai.APIError as e:  # a 200 whose body is not a chat completion
                 failure = ("model bad response", str(e)[:200])
@@ -106,6 +112,7 @@ class Client:
             else:
                 with self._lock:
                     self._failed_in_a_row = 0
+                    self._replied = True
                 return _reply(model.name, response, seconds, attempt)
             if attempt <= self.config.retries:
                 self._sleep(self.delay(attempt, wait))
@@ -153,6 +160,16 @@ class Client:
             self._stop(GitevolveError(
                 f"{n} model calls in a row failed (the last: {failure[0]}: {failure[1]}): stopping; check "
                 f"llm.api_base and the server, then run again (llm.stop_after_failures sets the limit)"))
+
+
+def _refused(e: BaseException) -> bool:
+    """Whether the connection was refused (nothing listens), under the openai and httpx wrappers."""
+    seen = 0
+    while e is not None and seen < 10:
+        if isinstance(e, ConnectionRefusedError) or "Connection refused" in str(e):
+            return True
+        e, seen = e.__cause__ or e.__context__, seen + 1
+    return False
 
 
 def _retryable(status: int) -> bool:

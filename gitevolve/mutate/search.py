@@ -42,6 +42,7 @@ class _Island:
 
 class SearchOperator:
     name = "search"
+    needs_tunables = True  # it changes declared values only: the run refuses a program with none
 
     def __init__(self, sampler: str = "tpe", seed: int | None = None, startup: int = 10) -> None:
         if sampler not in SAMPLERS:

@@ -233,6 +233,7 @@ def _show(value: object) -> str:
 
 class TunablesOperator:
     name = "tunables"
+    needs_tunables = True  # it changes declared values only: the run refuses a program with none
 
     def __init__(self, max_changes: int = 2, crossover: float = 0.3) -> None:
         self.max_changes = max_changes
