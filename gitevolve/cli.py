@@ -15,7 +15,7 @@ import typer
 from rich.console import Console
 from tabulate import tabulate
 
-from gitevolve import loop, report
+from gitevolve import __version__, loop, report
 from gitevolve.commands import init as init_command
 from gitevolve.commands import promote as promote_command
 from gitevolve.commands import runs as runs_command
@@ -70,7 +70,7 @@ def run(
                                               "evaluations still running 10% later (they stay pending for the next run); "
                                               "without --iterations, go on until then."),
     retry_failed: bool = typer.Option(False, "--retry-failed", help="Evaluate a starting commit that failed again "
-                                      "(after fixing the hook or installing what it needed)."),
+                                      "(after fixing the hook or installing what it needed).", metavar=""),
     run_name: str = RunOption,
 ) -> None:
     """Evolve. Never touches the checkout, the index or the current branch; kill it at any moment, run it again to go on."""
@@ -122,7 +122,7 @@ def runs() -> None:
 @app.command()
 def forget(
     name: str = typer.Argument(..., help="The run to drop (`gitevolve runs` lists them)."),
-    yes: bool = typer.Option(False, "--yes", help="Do not ask first."),
+    yes: bool = typer.Option(False, "--yes", help="Do not ask first.", metavar=""),
 ) -> None:
     """Drop a run: its refs, island branches and notes. The commits stay in git until it prunes them."""
     store = Store(Path.cwd(), name)
@@ -145,7 +145,7 @@ def duration(text: str, flag: str) -> float:
 
 @app.command()
 def status(
-    json_output: bool = typer.Option(False, "--json", help="Print the leaderboard as JSON, for scripts."),
+    json_output: bool = typer.Option(False, "--json", help="Print the leaderboard as JSON, for scripts.", metavar=""),
     top: int = typer.Option(5, help="Also list the best N candidates overall (0: none)."),
     run_name: str = RunOption,
 ) -> None:
@@ -158,7 +158,7 @@ def status(
 @app.command()
 def show(
     rev: str = typer.Argument(..., help="The candidate: a commit, a branch such as gitevolve/island-2, HEAD~2 ..."),
-    json_output: bool = typer.Option(False, "--json", help="Print only the note, as JSON."),
+    json_output: bool = typer.Option(False, "--json", help="Print only the note, as JSON.", metavar=""),
     run_name: str = RunOption,
 ) -> None:
     """One candidate: status, score, metrics, artifacts, and its diff against its parent."""
@@ -170,7 +170,7 @@ def show(
 @app.command()
 def prompt(
     rev: str = typer.Argument(..., help="The parent: a commit, a branch such as gitevolve/island-2, HEAD~2 ..."),
-    json_output: bool = typer.Option(False, "--json", help="Print the messages as the JSON list sent to the endpoint."),
+    json_output: bool = typer.Option(False, "--json", help="Print the messages as the JSON list sent to the endpoint.", metavar=""),
     run_name: str = RunOption,
 ) -> None:
     """The exact prompt a run would send to the model for this parent (nothing is sent)."""
@@ -184,7 +184,7 @@ def promote(
     rev: Optional[str] = typer.Argument(None, help="The candidate to promote (default: the run's best)."),
     branch: Optional[str] = typer.Option(None, help="Branch to create (default: gitevolve/promoted, or gitevolve/<run>/promoted)."),
     repeats: int = typer.Option(3, min=0, help="Fresh evaluations of the winner and of the base, alternating, before promoting (0: trust the run's score)."),
-    force: bool = typer.Option(False, "--force", help="Move the branch if it exists."),
+    force: bool = typer.Option(False, "--force", help="Move the branch if it exists.", metavar=""),
     run_name: str = RunOption,
 ) -> None:
     """The winner as one commit on top of the run's base, re-measured first; prints a pull-request description."""
@@ -200,9 +200,39 @@ def promote(
     typer.echo(done.body)
 
 
+@app.callback()
+def _options(
+    version: bool = typer.Option(False, "--version", is_eager=True, help="Print gitevolve's version and exit.",
+                                 callback=lambda shown: _print_version() if shown else None, metavar=""),
+) -> None:
+    """Evolve programs with git: every candidate a commit, every score a git note, every island a branch."""
+
+
+def _print_version() -> None:
+    typer.echo(f"gitevolve {__version__}")
+    raise typer.Exit()
+
+
+# Typer vendors click (0.2x) or uses it: take the error classes from typer's own BadParameter.
+UsageError, ClickException = (next(c for c in typer.BadParameter.__mro__ if c.__name__ == name)
+                              for name in ("UsageError", "ClickException"))
+
+
 def main() -> None:
+    err = Console(stderr=True)
     try:
-        app()
+        code = app(standalone_mode=False)
     except GitevolveError as e:
-        Console(stderr=True).print(f"gitevolve: {e}", highlight=False, markup=False, soft_wrap=True)
+        err.print(f"gitevolve: {e}", highlight=False, markup=False, soft_wrap=True)
         sys.exit(1)
+    except UsageError as e:  # a flag or argument the command does not take: one line, like every error
+        hint = f" (see `{e.ctx.command_path} --help`)" if e.ctx is not None else ""
+        err.print(f"gitevolve: {e.format_message()}{hint}", highlight=False, markup=False, soft_wrap=True)
+        sys.exit(e.exit_code)
+    except ClickException as e:
+        err.print(f"gitevolve: {e.format_message()}", highlight=False, markup=False, soft_wrap=True)
+        sys.exit(e.exit_code)
+    except typer.Abort:
+        err.print("gitevolve: aborted", highlight=False)
+        sys.exit(1)
+    sys.exit(code if isinstance(code, int) else 0)

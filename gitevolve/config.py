@@ -231,7 +231,7 @@ def load_config(root: Path, overrides: dict[str, Any] | None = None, name: str =
         raise GitevolveError(f"{name}{where}: not valid YAML ({getattr(e, 'problem', e)})") from None
     if not isinstance(raw, dict):
         raise GitevolveError(f"{name}: expected a mapping of settings at the top level")
-    config = parse_config({**raw, **(overrides or {})}, name)
+    config = parse_config({**raw, **(overrides or {})}, name, flags=set(overrides or {}))
     for i, file in enumerate(config.files):
         if Path(file).is_absolute() or ".." in Path(file).parts:
             raise GitevolveError(f"{name}: files[{i}]: {file!r} must be a path inside the repository")
@@ -240,10 +240,16 @@ def load_config(root: Path, overrides: dict[str, Any] | None = None, name: str =
     return config
 
 
-def parse_config(raw: dict[str, Any], name: str = CONFIG_NAME) -> Config:
+def parse_config(raw: dict[str, Any], name: str = CONFIG_NAME, flags: set[str] = frozenset()) -> Config:
+    """The config in `raw`; its first problem as one line, blaming the file, or the command-line
+    flag where the bad value came from one of `flags` (top-level keys given as --key)."""
     try:
         return Config.model_validate(raw)
     except ValidationError as e:
+        problem = e.errors()[0]
+        top = str(problem["loc"][0]) if problem["loc"] else ""
+        if top in flags:
+            raise GitevolveError(f"--{top}: {_first_problem(e).split(': ', 1)[1]}") from None
         raise GitevolveError(f"{name}: {_first_problem(e)}") from None
 
 

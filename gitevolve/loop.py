@@ -113,7 +113,7 @@ def run(store: Store, config: Config, operator: Operator, progress: Progress, *,
                     evaluator.run_batch([evaluator.resume_job(c, population, again=True) for c, _ in again], population,
                                         stats, progress)
                 if population.pending():
-                    progress.say(f"Evaluating {len(population.pending())} candidate(s) committed but not yet scored.")
+                    progress.say(_pending_words(population))
                     evaluator.run_batch([evaluator.resume_job(c, population) for c in population.pending()], population,
                                         stats, progress)
                 teach(operator, population, sorted(population.candidates.values(), key=_planned))
@@ -186,6 +186,13 @@ def failed_seeds(store: Store, population: Population, evaluator_id: str, retry:
         elif (store.note(sha) or {}).get("evaluator") != evaluator_id:
             again.append((seed, "the evaluator section changed since it failed"))
     return again
+
+
+def _pending_words(population: Population) -> str:
+    waiting, seeds = population.pending(), set(population.seeds.values())
+    if all(c.sha in seeds for c in waiting):  # a new run: nothing was left over, the islands' start comes first
+        return f"Evaluating the starting commit {', '.join(c.sha[:10] for c in waiting)} first: every island begins there."
+    return f"Evaluating {len(waiting)} candidate(s) committed but not yet scored."
 
 
 def _kind(reason: str) -> str:

@@ -19,8 +19,13 @@ def test_the_fixture_config_loads_with_defaults_filled_in(repo):
 
 def test_flags_override_the_file_and_are_checked_the_same_way(repo):
     assert load_config(repo, {"islands": 7}).islands == 7
-    with pytest.raises(GitevolveError, match=r"^\.gitevolve\.yml: islands: .*greater than or equal to 1 \(got 0\)$"):
+    # A bad flag is blamed on the flag, not on the file it overrides.
+    with pytest.raises(GitevolveError, match=r"^--islands: .*greater than or equal to 1 \(got 0\)$"):
         load_config(repo, {"islands": 0})
+    (repo / ".gitevolve.yml").write_text((repo / ".gitevolve.yml").read_text().replace("islands: 3", "islands: 0"))
+    with pytest.raises(GitevolveError, match=r"^\.gitevolve\.yml: islands: .*greater than or equal to 1 \(got 0\)$"):
+        load_config(repo)
+    assert load_config(repo, {"islands": 2}).islands == 2  # the flag's good value wins over the file's bad one
 
 
 @pytest.mark.parametrize(

@@ -105,3 +105,23 @@ def test_a_run_whose_every_model_reply_is_refused_exits_with_an_error(tmp_path):
     message = failed(done)
     assert "no candidate was made: all 3 mutations failed (3 no edit in the reply)" in message
     assert "Done: 1 evaluated" in done.stdout  # the base, evaluated and kept
+
+
+def test_the_command_line_s_own_errors_are_one_line_and_blame_the_flag(repo):
+    assert ok(gitevolve(repo, "--version")).stdout.startswith("gitevolve ")
+    for args, says in [(("run", "--islands", "x"), "Invalid value for '--islands'"),
+                       (("run", "--nope"), "No such option: --nope"),
+                       (("frob",), "No such command 'frob'")]:
+        done = gitevolve(repo, *args)
+        assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
+        assert done.stderr.startswith("gitevolve: ") and says in done.stderr and "--help" in done.stderr
+    # A value the flag's type allows but the config does not: the flag is named, not the file.
+    bad = failed(gitevolve(repo, "run", "--islands", "0"))
+    assert bad.startswith("gitevolve: --islands: ") and ".gitevolve.yml" not in bad
+    [flag] = [line for line in ok(gitevolve(repo, "status", "--help")).stdout.splitlines() if "--json" in line]
+    assert "<bool>" not in flag  # a flag, not an option that takes a value
+
+
+def test_a_fresh_run_says_it_evaluates_its_start_not_leftovers(repo):
+    first = ok(gitevolve(repo, "run", "--iterations", "1")).stdout
+    assert "Evaluating the starting commit" in first and "committed but not yet scored" not in first
