@@ -260,9 +260,9 @@ def migrations(store: Store, config: Config, population: Population, batch: list
             continue
         jobs = []
         for m in migrate.plan(store, population, config, _rng(config, store, f"migration/{generation}")):
-            subject, body = m.message()
-            trailers = {"Island": m.target_island, "Generation": generation, "Operator": m.operator, "Migrated-From": m.source.sha}
             target = {path: store.read_file(m.target, path) for path in config.files}
+            subject, body = m.message(target)
+            trailers = {"Island": m.target_island, "Generation": generation, "Operator": m.operator, "Migrated-From": m.source.sha}
             job = commit_job(store, population, m.target, m.files, subject, body, trailers, m.target_island, None,
                              generation, m.operator, parent_files=target)
             if job is not None:

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from gitevolve.config import Config
+from gitevolve.mutate import tunables
 from gitevolve.population import Candidate, Population, island_population
 from gitevolve.store import Store
 
@@ -35,10 +36,14 @@ class Migration:
     def operator(self) -> str:
         return "migration:whole-file" if self.whole_files else "migration:cherry-pick"
 
-    def message(self) -> tuple[str, str]:
+    def message(self, target_files: dict[str, str]) -> tuple[str, str]:
+        """Subject and body. The subject says what this commit changes against its parent, the
+        target's champion (`target_files`): where only tunables' values differ, exactly which;
+        else the migrant's own change, which a clean cherry-pick replays."""
         src = self.source
         # A migrant may itself have migrated: name the change, not the chain of moves.
-        change = re.sub(r"^(Migrate from island \d+: )+", "", src.subject)
+        change = tunables.changed_values(target_files, self.files) or re.sub(r"^(Migrate from island \d+: )+", "",
+                                                                            src.subject)
         subject = f"Migrate from island {self.source_island}: {change}"
         body = (
             f"Cherry-picked {src.sha[:10]} (island {self.source_island}, score {src.score:.4g}) "

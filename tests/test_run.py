@@ -1,6 +1,7 @@
 """Whole runs through the real command line, on real repositories."""
 
 import json
+import re
 import time
 
 from conftest import CONFIG, HOOK, git, gitevolve, make_repo
@@ -148,6 +149,19 @@ def test_migration_cherry_picks_between_islands(repo):
         assert message.startswith("Migrate from island ") and "Gitevolve-Migrated-From: " in message
         source = message.split("Gitevolve-Migrated-From: ")[1].split()[0]
         assert notes(repo)[source]["island"] != note["island"]
+
+
+def test_a_migration_s_subject_says_what_it_changes_against_its_own_parent(repo):
+    ok(gitevolve(repo, "run", "--iterations", "24"))
+    scored = notes(repo)
+    migrations = [(s, n) for s, n in scored.items() if n["operator"].startswith("migration")]
+    assert migrations
+    for sha, note in migrations:
+        ours, theirs = note["settings"], scored[note["parent"]]["settings"]
+        changed = {k for k in ours if ours[k] != theirs[k]}
+        subject = git(repo, "log", "-1", "--format=%s", sha).strip()
+        said = set(re.findall(r"(\w+) \S+ -> ", subject.split(": ", 1)[1]))
+        assert said == changed, (subject, theirs, ours)  # the island's champion it landed on, not the migrant's
 
 
 def test_migration_when_the_base_has_history_without_the_program(tmp_path):

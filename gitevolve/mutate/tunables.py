@@ -227,6 +227,26 @@ def apply(text: str, settings: dict[int, object]) -> str:
     return "".join(lines)
 
 
+def changed_values(before: dict[str, str], after: dict[str, str]) -> str | None:
+    """'Set A 1 -> 2, B x -> y' when the files of `after` differ from `before`'s only in tunables'
+    values; None when other text changed too, or nothing did (a migration's subject must say its
+    own diff)."""
+    said = []
+    for path, new in sorted(after.items()):
+        old = before.get(path)
+        if old == new:
+            continue
+        if old is None:
+            return None
+        was, now = parse(path, old), parse(path, new)
+        if [(t.line, t.name) for t in was] != [(t.line, t.name) for t in now]:
+            return None
+        if apply(old, {t.line: n.value for t, n in zip(was, now)}) != new:
+            return None  # more than values changed
+        said += [f"{t.name} {_show(t.value)} -> {_show(n.value)}" for t, n in zip(was, now) if t.value != n.value]
+    return f"Set {', '.join(said)}" if said else None
+
+
 def _show(value: object) -> str:
     return value if isinstance(value, str) else repr(value)
 
