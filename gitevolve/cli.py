@@ -185,18 +185,21 @@ def promote(
     branch: Optional[str] = typer.Option(None, help="Branch to create (default: gitevolve/promoted, or gitevolve/<run>/promoted)."),
     repeats: int = typer.Option(3, min=0, help="Fresh evaluations of the winner and of the base, alternating, before promoting (0: trust the run's score)."),
     force: bool = typer.Option(False, "--force", help="Move the branch if it exists.", metavar=""),
+    on_base: bool = typer.Option(False, "--on-base", help="Build on the run's base even where the evolvable files "
+                                 "changed on the current branch since (the pull request would revert that).", metavar=""),
     run_name: str = RunOption,
 ) -> None:
-    """The winner as one commit on top of the run's base, re-measured first; prints a pull-request description."""
+    """The winner as one commit on the current branch (or the run's base), re-measured first; prints a pull-request description."""
     store = Store(Path.cwd(), run_name)
     config = load_config(store.root)
     population = report.population_of(store)
     candidate = promote_command.winner(population, store, rev)
     if repeats:
         console.print(f"Re-measuring {candidate.sha[:10]} and the base, {repeats} evaluations each ...", highlight=False)
-    done = promote_command.promote(store, config, population, candidate, branch=branch, repeats=repeats, force=force)
-    console.print(f"Branch {done.branch} ({done.commit[:10]}): the evolved files on top of the base. "
-                  f"Push it and open a pull request with this description:\n", highlight=False)
+    done = promote_command.promote(store, config, population, candidate, branch=branch, repeats=repeats, force=force,
+                                   on_base=on_base)
+    console.print(f"Branch {done.branch} ({done.commit[:10]}): the evolved files {done.where}. "
+                  f"Push it and open a pull request with this description:\n", highlight=False, soft_wrap=True)
     typer.echo(done.body)
 
 

@@ -102,6 +102,12 @@ def run(store: Store, config: Config, operator: Operator, progress: Progress, *,
     deadline = None if seconds is None else time.monotonic() + seconds
     with run_lock(store):
         population = start(store, config, islands, from_rev)
+        moved = None if from_rev else moved_since(store, population, config.files)
+        if moved:
+            branch, changed = moved
+            progress.say(f"{', '.join(changed)} changed on {branch} since this run's base {population.base[:10]}: the run "
+                         f"goes on evolving the base's version. To evolve {branch}'s, start a run from it "
+                         f"(`gitevolve run --run NAME`), or drop this one first (`gitevolve forget {store.refs.run}`).")
         stats = Stats()
         progress.begin(population, iterations)
         try:
@@ -243,6 +249,17 @@ def start(store: Store, config: Config, islands: int, from_rev: str | None) -> P
             seed = store.resolve(from_rev) if from_rev else state.base
             store.start_islands(state.base, {k: seed for k in new}, create_base=False)
     return load(store, store.ref_state())
+
+
+def moved_since(store: Store, population: Population, files: list[str]) -> tuple[str, list[str]] | None:
+    """Where the checkout's branch moved past the run's base and changed evolvable files there:
+    (the branch, the files); None when HEAD is the base or one of the run's candidates (a user
+    looking at a champion), or its evolvable files are the base's."""
+    head, base = store.head_commit(), population.base
+    if head is None or head in population.candidates:
+        return None
+    changed = [path for path in store.git("diff", "--name-only", base, head, "--", *files).splitlines() if path]
+    return (store.git("rev-parse", "--abbrev-ref", "HEAD").strip(), changed) if changed else None
 
 
 def refuse_uncommitted(store: Store, files: list[str]) -> None:

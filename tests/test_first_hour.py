@@ -125,3 +125,28 @@ def test_the_command_line_s_own_errors_are_one_line_and_blame_the_flag(repo):
 def test_a_fresh_run_says_it_evaluates_its_start_not_leftovers(repo):
     first = ok(gitevolve(repo, "run", "--iterations", "1")).stdout
     assert "Evaluating the starting commit" in first and "committed but not yet scored" not in first
+
+
+def test_a_hand_tuned_commit_on_main_is_never_reverted_by_promote(repo):
+    ok(gitevolve(repo, "run", "--iterations", "6"))
+    base = git(repo, "rev-parse", "refs/gitevolve/default/base").strip()
+    # Work beside the evolvable files is kept: the promoted commit goes on main.
+    (repo / "notes.txt").write_text("the user's own change\n")
+    git(repo, "commit", "--quiet", "-am", "Document the kernel")
+    head = git(repo, "rev-parse", "HEAD").strip()
+    done = ok(gitevolve(repo, "promote", "--repeats", "0"))
+    assert "on top of main" in done.stdout
+    promoted = git(repo, "rev-parse", "gitevolve/promoted").strip()
+    assert git(repo, "rev-parse", f"{promoted}^").strip() == head
+    assert git(repo, "show", f"{promoted}:notes.txt") == "the user's own change\n"
+
+    # A hand-tuned change of the program itself: the run says so, and promote will not revert it.
+    (repo / "prog.py").write_text((repo / "prog.py").read_text().replace("C = 0.5", "C = 0.9"))
+    git(repo, "commit", "--quiet", "-am", "Hand-tune C")
+    resumed = ok(gitevolve(repo, "run", "--iterations", "1")).stdout
+    assert f"prog.py changed on main since this run's base {base[:10]}" in resumed and "gitevolve run --run NAME" in resumed
+    refused = failed(gitevolve(repo, "promote", "--repeats", "0", "--force"))
+    assert "prog.py changed on main since run 'default'" in refused and "would revert that" in refused
+    assert git(repo, "rev-parse", "gitevolve/promoted").strip() == promoted  # untouched
+    ok(gitevolve(repo, "promote", "--repeats", "0", "--force", "--on-base"))
+    assert git(repo, "rev-parse", "gitevolve/promoted^").strip() == base

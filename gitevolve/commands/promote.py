@@ -16,7 +16,7 @@ from tabulate import tabulate
 from gitevolve import worktrees
 from gitevolve.config import Config
 from gitevolve.errors import GitevolveError
-from gitevolve.loop import Evaluator, program
+from gitevolve.loop import Evaluator, moved_since, program
 from gitevolve.population import Candidate, Population, number
 from gitevolve.report import format_score
 from gitevolve.store import Store, format_message
@@ -46,6 +46,7 @@ class Promotion:
     winner: Candidate
     remeasure: Remeasure | None
     body: str  # the pull request's description, markdown
+    where: str = "on top of the run's base"  # what the commit was made on, in words
 
 
 def winner(population: Population, store: Store, rev: str | None) -> Candidate:
@@ -89,10 +90,27 @@ def lineage(population: Population, candidate: Candidate) -> list[Candidate]:
     return chain[::-1]
 
 
+def parent_for(store: Store, config: Config, population: Population, on_base: bool) -> tuple[str, str]:
+    """The commit the promoted one goes on, and why: the checkout's HEAD where its evolvable files
+    are the base's (so the pull request keeps every commit made since), else the base only when
+    asked (`on_base`): a branch on an older base would revert what changed there."""
+    head, base = store.head_commit(), population.base
+    if on_base or head is None or head in population.candidates:
+        return base, "on top of the run's base"
+    moved = moved_since(store, population, config.files)
+    if moved is None:
+        return head, f"on top of {store.git('rev-parse', '--abbrev-ref', 'HEAD').strip()} ({head[:10]}), whose evolvable files are the base's"
+    branch, changed = moved
+    raise GitevolveError(f"{', '.join(changed)} changed on {branch} since run {store.refs.run!r}'s base {base[:10]}: a "
+                         f"pull request of this candidate would revert that. Evolve {branch}'s version in a new run "
+                         f"(`gitevolve run --run NAME`), or promote on the old base anyway with --on-base")
+
+
 def promote(store: Store, config: Config, population: Population, candidate: Candidate, *,
-            branch: str | None, repeats: int, force: bool) -> Promotion:
+            branch: str | None, repeats: int, force: bool, on_base: bool = False) -> Promotion:
     name = branch or store.refs.branch_prefix.removeprefix("refs/heads/") + "promoted"
     store.movable_branch(f"refs/heads/{name}", force=force)  # before minutes of re-measuring, not after
+    parent, where = parent_for(store, config, population, on_base)
     measured = remeasure(store, config, population, candidate, repeats) if repeats else None
     if measured and measured.failures:
         raise GitevolveError(f"re-measuring failed ({'; '.join(measured.failures[:3])}): nothing was promoted")
@@ -101,15 +119,15 @@ def promote(store: Store, config: Config, population: Population, candidate: Can
         note["remeasured"] = {"scores": measured.scores, "base_scores": measured.base_scores,
                               "at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
         store.record(candidate.sha, note)
-    tree = store.tree_with(population.base, program(store, config, candidate).files)
+    tree = store.tree_with(parent, program(store, config, candidate).files)
     base = population.candidates.get(population.base)
     score = measured.median if measured else candidate.score
     base_score = measured.base_median if measured else (base.score if base else None)
     body = pr_body(store, population, candidate, measured, base_score)
     subject = f"Evolved {', '.join(config.files)}: score {format_score(score)} (base {format_score(base_score)})"
     message = format_message(subject, _plain(body), {"Run": store.refs.run, "Candidate": candidate.sha})
-    sha = store.commit_branch(f"refs/heads/{name}", population.base, tree, message, force=force)
-    return Promotion(name, sha, candidate, measured, body)
+    sha = store.commit_branch(f"refs/heads/{name}", parent, tree, message, force=force)
+    return Promotion(name, sha, candidate, measured, body, where)
 
 
 def pr_body(store: Store, population: Population, candidate: Candidate, measured: Remeasure | None,
