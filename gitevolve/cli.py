@@ -19,7 +19,7 @@ from gitevolve import __version__, loop, report
 from gitevolve.commands import init as init_command
 from gitevolve.commands import promote as promote_command
 from gitevolve.commands import runs as runs_command
-from gitevolve.config import load_config
+from gitevolve.config import CONFIG_NAME, load_config
 from gitevolve.errors import GitevolveError
 from gitevolve.llm import operator as llm_operator
 from gitevolve.llm import preview
@@ -82,6 +82,7 @@ def run(
     config = load_config(store.root, overrides)
     progress = for_console(console)
     operator = llm_operator.operator_for(store, config)
+    loop.refuse_uncommitted_config(store, CONFIG_NAME)
     progress.say(llm_operator.describe(operator, config))
     try:
         # With a time budget alone, the budget decides; with --iterations too, whichever comes first.

@@ -262,6 +262,14 @@ def moved_since(store: Store, population: Population, files: list[str]) -> tuple
     return (store.git("rev-parse", "--abbrev-ref", "HEAD").strip(), changed) if changed else None
 
 
+def refuse_uncommitted_config(store: Store, name: str) -> None:
+    """The candidates carry the committed settings, so the run must read those and no others."""
+    if store.git("status", "--porcelain", "--", name).strip():
+        raise GitevolveError(f"{name}: uncommitted changes. The candidates carry the committed settings, so the run "
+                             f"reads those only: commit it (`git commit {name}`), or `git stash` the edit; for one "
+                             f"run, a flag overrides a setting (gitevolve run --help)")
+
+
 def refuse_uncommitted(store: Store, files: list[str]) -> None:
     dirty = [line[3:] for line in store.git("status", "--porcelain", "--", *files).splitlines() if line.strip()]
     if dirty:

@@ -42,6 +42,10 @@ def test_a_changed_evaluator_section_evaluates_a_failed_base_again_by_itself(rep
     git(repo, "commit", "--quiet", "-am", "A hook that needs mlx")
     failed(gitevolve(repo, "run", env={"TOY_BROKEN": "1"}))
     (repo / ".gitevolve.yml").write_text(CONFIG.replace("timeout: 20", "timeout: 25"))
+    # Uncommitted, the edit is not the run's: the candidates would carry the committed settings.
+    dirty = failed(gitevolve(repo, "run", "--iterations", "2"))
+    assert ".gitevolve.yml: uncommitted changes" in dirty and "git commit .gitevolve.yml" in dirty
+    git(repo, "commit", "--quiet", "-am", "A longer timeout")
     done = ok(gitevolve(repo, "run", "--iterations", "2"))
     assert "again: the evaluator section changed since it failed" in done.stdout
     # A base that passed is never evaluated again, whatever the flag.
