@@ -101,8 +101,13 @@ def run(
     console.print(f"Done: {stats.evaluated} evaluated{taken} ({stats.failed} failed{cut}, {stats.migrations} migrations)"
                   + (f"; no candidate from: {skipped}" if skipped else "") + ".", highlight=False, soft_wrap=True)
     if best:
-        console.print(f"Best: {report.format_score(best['score'])} on {best['branch']} ({best['champion'][:10]}); "
-                      f"base scored {report.format_score(board['base_score'])}. See `gitevolve status`.", highlight=False)
+        ratio = report.gain(best["score"], board["base_score"])
+        versus = (f"{ratio:.2f}x the base's {report.format_score(board['base_score'])}" if ratio is not None
+                  else f"base scored {report.format_score(board['base_score'])}")
+        console.print(f"Best: {report.format_score(best['score'])} on {best['branch']} ({best['champion'][:10]}), {versus}"
+                      + (f"; the score is {board['score_is']}" if board.get("score_is") else "")
+                      + f". Next: `gitevolve promote{_run_flag(run_name)}` measures it again beside the base and makes "
+                        f"a pull-request branch; `gitevolve status` shows every island.", highlight=False, soft_wrap=True)
     if stats.done and not stats.made:
         raise GitevolveError(f"no candidate was made: all {stats.done} mutations failed ({skipped}); `gitevolve status` "
                              f"shows why (with a model: its refused replies, by reason)")
@@ -134,6 +139,10 @@ def forget(
                   f"branches, base and scores:", highlight=False, soft_wrap=True)
     for ref, sha in gone.kept.items():
         typer.echo(f"  git update-ref {ref} {sha}")
+
+
+def _run_flag(run_name: str) -> str:
+    return "" if run_name == "default" else f" --run {run_name}"
 
 
 def duration(text: str, flag: str) -> float:

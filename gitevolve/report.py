@@ -44,16 +44,36 @@ def leaderboard(store: Store, population: Population, top: int = 0) -> dict:
     islands.sort(key=lambda row: (row["score"] is None, -(row["score"] or 0.0), row["island"]))
     alive = sorted((c for c in population.candidates.values() if c.alive), key=lambda c: -(c.score or 0.0))
     base = population.candidates.get(population.base)
+    best = alive[0] if alive else None
     return {
         "run": store.refs.run,
         "base": population.base,
         "base_score": base.score if base else None,
+        "best": best.sha if best else None,
+        "best_score": best.score if best else None,
+        "gain": gain(best.score if best else None, base.score if base else None),
+        "score_is": next((c.metrics["score_is"] for c in (best, base) if c and isinstance(c.metrics.get("score_is"), str)), None),
         "candidates": len(population.candidates),
         "islands": islands,
         "top": [_row(c) for c in alive[:top]],
         "pace": pace(population),
         "models": model_usage(store, population),
     }
+
+
+def gain(score: float | None, base: float | None) -> float | None:
+    """How many times the base's score `score` is; None where a ratio means nothing (a score at or below 0)."""
+    if score is None or base is None or score <= 0 or base <= 0:
+        return None
+    return score / base
+
+
+def gain_words(board: dict) -> str:
+    """'1.66x the base's 0.8200 (the score: ...)', or '' where there is no ratio to give."""
+    if board.get("gain") is None:
+        return ""
+    words = f"{board['gain']:.2f}x the base's {format_score(board['base_score'])}"
+    return words + (f" (the score: {board['score_is']})" if board.get("score_is") else "")
 
 
 def pace(population: Population) -> dict:
@@ -135,6 +155,7 @@ def render_leaderboard(board: dict) -> str:
     ]
     lines = [
         f"run {board['run']}: {board['candidates']} candidates from base {board['base'][:10]} (score {format_score(board['base_score'])})",
+        *([f"best {board['best'][:10]}: {format_score(board['best_score'])}, {gain_words(board)}"] if gain_words(board) else []),
         *([_pace_line(board["pace"])] if board.get("pace") else []),
         "",
         tabulate(rows, headers=["island", "branch", "champion", "score", "ok/failed/pending", "champion's last change"],

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
+
+import pytest
 
 from conftest import CONFIG, HOOK, IDENTITY, git, gitevolve, make_repo
 from test_run import notes, ok
@@ -154,3 +157,13 @@ def test_a_hand_tuned_commit_on_main_is_never_reverted_by_promote(repo):
     assert git(repo, "rev-parse", "gitevolve/promoted").strip() == promoted  # untouched
     ok(gitevolve(repo, "promote", "--repeats", "0", "--force", "--on-base"))
     assert git(repo, "rev-parse", "gitevolve/promoted^").strip() == base
+
+
+def test_the_end_of_a_run_and_status_give_the_gain_over_the_base_and_the_next_step(repo):
+    done = ok(gitevolve(repo, "run", "--iterations", "6")).stdout
+    board = json.loads(ok(gitevolve(repo, "status", "--json")).stdout)
+    assert board["gain"] == pytest.approx(board["best_score"] / board["base_score"]) and board["gain"] > 1
+    assert f"{board['gain']:.2f}x the base's" in ok(gitevolve(repo, "status")).stdout
+    assert "x the base's 1.5000" in done and "Next: `gitevolve promote` measures it again" in done
+    named = ok(gitevolve(repo, "run", "--iterations", "2", "--run", "other")).stdout
+    assert "`gitevolve promote --run other`" in named

@@ -83,6 +83,8 @@ def test_initial_program_passes_through_the_hook(tmp_path):
         assert m[f"speedup.{s.name}"] > 0 and m[f"candidate_us.{s.name}"] > 0 and m[f"baseline_us.{s.name}"] > 0
     assert {"decode_speedup", "prefill_speedup", "max_abs_error"} <= set(m)
     assert "decode-1000" in result["artifacts"]["timings"]
+    assert m["score_is"].startswith(f"the geometric mean over {len(CPU)} scenarios of the speedup over "
+                                    "mx.fast.scaled_dot_product_attention")
     assert path.read_text() == PROGRAM
 
 
