@@ -197,6 +197,8 @@ def promote(
     force: bool = typer.Option(False, "--force", help="Move the branch if it exists.", metavar=""),
     on_base: bool = typer.Option(False, "--on-base", help="Build on the run's base even where the evolvable files "
                                  "changed on the current branch since (the pull request would revert that).", metavar=""),
+    signoff: bool = typer.Option(False, "--signoff", help="Add your Signed-off-by to the commit (as git commit -s).",
+                                 metavar=""),
     run_name: str = RunOption,
 ) -> None:
     """The winner as one commit on the current branch (or the run's base), re-measured first; prints a pull-request description."""
@@ -207,7 +209,7 @@ def promote(
     if repeats:
         console.print(f"Re-measuring {candidate.sha[:10]} and the base, {repeats} evaluations each ...", highlight=False)
     done = promote_command.promote(store, config, population, candidate, branch=branch, repeats=repeats, force=force,
-                                   on_base=on_base)
+                                   on_base=on_base, signoff=signoff)
     console.print(f"Branch {done.branch} ({done.commit[:10]}): the evolved files {done.where}. "
                   f"Push it and open a pull request with this description:\n", highlight=False, soft_wrap=True)
     typer.echo(done.body)

@@ -285,10 +285,26 @@ class Store:
             raise GitevolveError(f"branch {name} already exists: pass --force to move it, or --branch NAME")
         return old
 
-    def commit_branch(self, ref: str, parent: str, tree: str, message: str, *, force: bool) -> str:
-        """A commit on `parent` with `tree`, as branch `ref`; an existing branch moves only with `force`."""
+    def commit_branch(self, ref: str, parent: str, tree: str, message: str, *, force: bool, signoff: bool = False) -> str:
+        """A commit on `parent` with `tree`, as branch `ref`; an existing branch moves only with `force`.
+
+        Unlike the run's candidates, this commit is the user's, for their pull request: `git
+        commit-tree` makes it, so it carries their user.name and user.email and is signed where
+        commit.gpgSign says so; `signoff` adds their Signed-off-by."""
         old = self.movable_branch(ref, force=force)
-        sha = self._commit(bytes.fromhex(tree), [parent], message)
+        if signoff:
+            ident = self.git("var", "GIT_COMMITTER_IDENT").rsplit(" ", 2)[0]
+            message = message.rstrip("\n") + f"\nSigned-off-by: {ident}\n"
+        # commit-tree signs only when told (git 2.39 ignores commit.gpgSign there): read the setting.
+        sign = self.git("config", "--type=bool", "--default=false", "commit.gpgSign").strip() == "true"
+        done = subprocess.run(["git", "commit-tree", tree, "-p", parent, *(["-S"] if sign else []), "-F", "-"],
+                              cwd=self.root, env=_git_env(), input=message.encode(), capture_output=True)
+        if done.returncode != 0:
+            lines = [line for line in done.stderr.decode(errors="replace").splitlines() if line.strip()]
+            told = next((line for line in lines if line.startswith(("fatal:", "error:"))), lines[-1] if lines else "")
+            raise GitevolveError(f"git could not make the promoted commit ({told.strip()}): set user.name and user.email "
+                                 f"(git config), or fix the signing that commit.gpgSign asks for")
+        sha = done.stdout.decode().strip()
         self.update_refs([(ref, sha, old)], f"promote {sha[:10]}")
         return sha
 

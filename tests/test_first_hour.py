@@ -167,3 +167,16 @@ def test_the_end_of_a_run_and_status_give_the_gain_over_the_base_and_the_next_st
     assert "x the base's 1.5000" in done and "Next: `gitevolve promote` measures it again" in done
     named = ok(gitevolve(repo, "run", "--iterations", "2", "--run", "other")).stdout
     assert "`gitevolve promote --run other`" in named
+
+
+def test_the_promoted_commit_is_the_user_s_signed_where_their_config_says(repo):
+    ok(gitevolve(repo, "run", "--iterations", "6"))
+    ok(gitevolve(repo, "promote", "--repeats", "0", "--signoff"))
+    # IDENTITY gives the tests' git user as t <t@t>: the commit is theirs, not gitevolve's.
+    assert git(repo, "log", "-1", "--format=%an <%ae>|%cn <%ce>", "gitevolve/promoted").strip() == "t <t@t>|t <t@t>"
+    assert git(repo, "log", "-1", "--format=%(trailers:key=Signed-off-by,valueonly)", "gitevolve/promoted").strip() == "t <t@t>"
+    # A repository that signs its commits: promote signs too, and a signing that fails is one line.
+    git(repo, "config", "commit.gpgSign", "true")
+    git(repo, "config", "gpg.program", "false")
+    refused = failed(gitevolve(repo, "promote", "--repeats", "0", "--force"))
+    assert refused.startswith("gitevolve: git could not make the promoted commit (") and "commit.gpgSign" in refused

@@ -107,7 +107,7 @@ def parent_for(store: Store, config: Config, population: Population, on_base: bo
 
 
 def promote(store: Store, config: Config, population: Population, candidate: Candidate, *,
-            branch: str | None, repeats: int, force: bool, on_base: bool = False) -> Promotion:
+            branch: str | None, repeats: int, force: bool, on_base: bool = False, signoff: bool = False) -> Promotion:
     name = branch or store.refs.branch_prefix.removeprefix("refs/heads/") + "promoted"
     store.movable_branch(f"refs/heads/{name}", force=force)  # before minutes of re-measuring, not after
     parent, where = parent_for(store, config, population, on_base)
@@ -126,7 +126,7 @@ def promote(store: Store, config: Config, population: Population, candidate: Can
     body = pr_body(store, population, candidate, measured, base_score)
     subject = f"Evolved {', '.join(config.files)}: score {format_score(score)} (base {format_score(base_score)})"
     message = format_message(subject, _plain(body), {"Run": store.refs.run, "Candidate": candidate.sha})
-    sha = store.commit_branch(f"refs/heads/{name}", parent, tree, message, force=force)
+    sha = store.commit_branch(f"refs/heads/{name}", parent, tree, message, force=force, signoff=signoff)
     return Promotion(name, sha, candidate, measured, body, where)
 
 
