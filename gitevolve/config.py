@@ -196,7 +196,10 @@ class Config(_Section):
     islands: int = Field(default=5, ge=1, le=64)
     population_size: int = Field(default=30, ge=2)
     iterations: int = Field(default=40, ge=0)
-    workers: int = Field(default=2, ge=1, le=64)
+    # One at a time unless asked: evaluations side by side on one machine time each other's load.
+    workers: int = Field(default=1, ge=1, le=64)
+    # Worker k's hook runs with CUDA_VISIBLE_DEVICES=devices[k % len(devices)]: a GPU per worker.
+    devices: list[str] | None = Field(default=None, min_length=1)
     seed: int | None = 0
     selection: SelectionConfig = SelectionConfig()
     migration: MigrationConfig = MigrationConfig()
@@ -204,6 +207,13 @@ class Config(_Section):
     mutation: MutationConfig = MutationConfig()
     champion: ChampionConfig = ChampionConfig()
     llm: LLMConfig | None = None
+
+    @field_validator("devices", mode="before")
+    @classmethod
+    def _devices_as_text(cls, devices: object) -> object:
+        if isinstance(devices, list):
+            return [str(d) if isinstance(d, int) and not isinstance(d, bool) else d for d in devices]
+        return devices
 
     @model_validator(mode="after")
     def _model_for_llm_operator(self) -> Config:

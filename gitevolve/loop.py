@@ -540,7 +540,7 @@ class Evaluator:
             if self.expired:  # queued when the time ran out: it stays pending
                 return Evaluation("failed", None, {}, {}, "interrupted", "", 0, 0.0, {})
             path = worktrees.checkout(self.store, slot, job.candidate.sha)
-            return self.evaluate_at(path, job.candidate, bars)
+            return self.evaluate_at(path, job.candidate, bars, worker=slot)
         finally:
             self.free.put(slot)
 
@@ -576,15 +576,19 @@ class Evaluator:
                 if s.within is not None and champion.stages.get(s.name, 0) > 0}
 
     def evaluate_at(self, path, c: Candidate, bars: dict[str, float] | None = None,
-                    purpose: str = "evaluate") -> Evaluation:
+                    purpose: str = "evaluate", worker: int = 0) -> Evaluation:
         """Evaluate candidate `c`, checked out at `path` (the loop's workers, and `promote`'s re-measuring).
         `purpose` tells the hook why (GITEVOLVE_PURPOSE): a first evaluation, or a re-measure that
-        decides a champion or a pull request, where a hook may trade speed for caution."""
-        env = hook_environment(os.environ, {
+        decides a champion or a pull request, where a hook may trade speed for caution. `worker`
+        is the slot it runs in (GITEVOLVE_WORKER), and picks its GPU where `devices` are set."""
+        extra = {
             "GITEVOLVE_CANDIDATE": c.sha, "GITEVOLVE_PARENT": c.parent or "", "GITEVOLVE_BASE": self.base,
             "GITEVOLVE_FILES": os.pathsep.join(self.config.files), "GITEVOLVE_RUN": self.store.refs.run,
-            "GITEVOLVE_PURPOSE": purpose,
-        }, self.secrets)
+            "GITEVOLVE_PURPOSE": purpose, "GITEVOLVE_WORKER": str(worker),
+        }
+        if self.config.devices:
+            extra["CUDA_VISIBLE_DEVICES"] = self.config.devices[worker % len(self.config.devices)]
+        env = hook_environment(os.environ, extra, self.secrets)
         return evaluate(path, self.stages, env, retries=self.config.evaluator.retries, bars=bars)
 
     def head_to_head(self, incumbent: Candidate, challenger: Candidate, note: dict, population: Population,
@@ -607,7 +611,8 @@ class Evaluator:
     def measure(self, c: Candidate) -> float | None:
         """One more evaluation of `c`, in a worktree of its own beside the workers': its score, None if it failed."""
         path = worktrees.checkout(self.store, self.config.workers, c.sha)
-        result = self.evaluate_at(path, c, purpose="remeasure")
+        # The next batch's evaluations go on meanwhile: the duel is a worker of its own.
+        result = self.evaluate_at(path, c, purpose="remeasure", worker=self.config.workers)
         if result.reason == "interrupted":
             raise self.stopped()
         return result.score if result.status == "ok" else None

@@ -180,3 +180,30 @@ def test_the_promoted_commit_is_the_user_s_signed_where_their_config_says(repo):
     git(repo, "config", "gpg.program", "false")
     refused = failed(gitevolve(repo, "promote", "--repeats", "0", "--force"))
     assert refused.startswith("gitevolve: git could not make the promoted commit (") and "commit.gpgSign" in refused
+
+
+# Each evaluation logs the slot it ran in and the GPU it was given.
+WHERE = HOOK.replace('p = runpy.run_path("prog.py")\n', '''p = runpy.run_path("prog.py")
+with open(os.environ["TOY_LOG"], "a") as log:
+    log.write(f'{os.environ["GITEVOLVE_WORKER"]} {os.environ.get("CUDA_VISIBLE_DEVICES", "-")} {os.environ["GITEVOLVE_PURPOSE"]}\\n')
+''')
+
+
+def test_each_worker_gets_its_slot_and_its_own_gpu(tmp_path):
+    config = CONFIG + "devices: [3, 5]\nchampion: {remeasure: 1, sure: 0}\n"
+    repo = make_repo(tmp_path / "repo", config=config, hook=WHERE)
+    log = tmp_path / "where.log"
+    ok(gitevolve(repo, "run", "--iterations", "12", env={"TOY_LOG": str(log)}))
+    seen = [line.split() for line in log.read_text().splitlines()]
+    assert {(w, d) for w, d, _ in seen} <= {("0", "3"), ("1", "5"), ("2", "3")}
+    assert {w for w, _, p in seen if p == "evaluate"} == {"0", "1"}
+    assert {w for w, _, p in seen if p == "remeasure"} == {"2"}  # a duel is a worker of its own
+
+
+def test_a_new_config_from_init_times_one_evaluation_at_a_time(tmp_path):
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    git(repo, "init", "--quiet")
+    ok(gitevolve(repo, "init", "--file", "prog.py", "--evaluator", "python score.py"))
+    text = (repo / ".gitevolve.yml").read_text()
+    assert "\nworkers: 1\n" in text and "# devices: [0, 1]" in text

@@ -20,7 +20,11 @@ evaluator:
   timeout: 300
 islands: 5
 iterations: 40
-workers: 2
+# Evaluations in parallel. If the hook times its program, two at once on one machine (one GPU,
+# or a few cores) slow each other down and the scores say so: keep 1 unless the hook keeps its
+# timing apart (the GQA hooks time one race at a time), or give each worker a GPU of its own:
+workers: 1
+# devices: [0, 1]              # worker k runs with CUDA_VISIBLE_DEVICES=devices[k] (and GITEVOLVE_WORKER=k)
 seed: 0
 """
 

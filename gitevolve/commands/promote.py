@@ -73,7 +73,7 @@ def remeasure(store: Store, config: Config, population: Population, candidate: C
     for i in range(repeats):
         for c in ((candidate, base) if i % 2 == 0 else (base, candidate)):
             path = worktrees.checkout(store, SLOT, c.sha)
-            evaluation = evaluator.evaluate_at(path, c, purpose="promote")
+            evaluation = evaluator.evaluate_at(path, c, purpose="promote", worker=config.workers + 1)
             if evaluation.status != "ok" or evaluation.score is None:
                 result.failures.append(f"{c.sha[:10]}: {evaluation.reason or evaluation.status}")
                 continue
