@@ -106,10 +106,10 @@ def run(
                   else f"base scored {report.format_score(board['base_score'])}")
         console.print(f"Best: {report.format_score(best['score'])} on {best['branch']} ({best['champion'][:10]}), {versus}"
                       + (f"; the score is {board['score_is']}" if board.get("score_is") else "")
-                      + f". Next: `gitevolve promote{_run_flag(run_name)}` measures it again beside the base and makes "
-                        f"a pull-request branch; `gitevolve status` shows every island.", highlight=False, soft_wrap=True)
+                      + f". Next: `gitevolve promote{store.refs.flag}` measures it again beside the base and makes "
+                        f"a pull-request branch; `gitevolve status{store.refs.flag}` shows every island.", highlight=False, soft_wrap=True)
     if stats.done and not stats.made:
-        raise GitevolveError(f"no candidate was made: all {stats.done} mutations failed ({skipped}); `gitevolve status` "
+        raise GitevolveError(f"no candidate was made: all {stats.done} mutations failed ({skipped}); `gitevolve status{store.refs.flag}` "
                              f"shows why (with a model: its refused replies, by reason)")
 
 
@@ -141,8 +141,10 @@ def forget(
         typer.echo(f"  git update-ref {ref} {sha}")
 
 
-def _run_flag(run_name: str) -> str:
-    return "" if run_name == "default" else f" --run {run_name}"
+def run_of(rev: str | None, run_name: str) -> str:
+    """The run a revision names by its branch (gitevolve/NAME/island-2~3), where --run was left at its default."""
+    m = re.match(r"^(?:refs/heads/)?gitevolve/([^/]+)/(?:island-\d+|promoted)\b", rev or "")
+    return m.group(1) if m and run_name == "default" else run_name
 
 
 def duration(text: str, flag: str) -> float:
@@ -172,6 +174,7 @@ def show(
     run_name: str = RunOption,
 ) -> None:
     """One candidate: status, score, metrics, artifacts, and its diff against its parent."""
+    run_name = run_of(rev, run_name)
     store = Store(Path.cwd(), run_name)
     note, patch = report.show(store, rev)
     typer.echo(report.as_json(note) if json_output else report.render_show(note, patch, run_name))
@@ -202,6 +205,7 @@ def promote(
     run_name: str = RunOption,
 ) -> None:
     """The winner as one commit on the current branch (or the run's base), re-measured first; prints a pull-request description."""
+    run_name = run_of(rev, run_name)
     store = Store(Path.cwd(), run_name)
     config = load_config(store.root)
     population = report.population_of(store)

@@ -127,8 +127,8 @@ def run(store: Store, config: Config, operator: Operator, progress: Progress, *,
                     if not population.alive(island):
                         seed = population.candidates[population.seeds[island]]
                         raise GitevolveError(f"island {island}'s starting commit {seed.sha[:10]} did not pass the evaluator "
-                                             f"({_why(store, seed.sha)}): fix it (`gitevolve show {seed.sha[:10]}`), then "
-                                             f"`gitevolve run --retry-failed`{_named(store)}; a changed evaluator section "
+                                             f"({_why(store, seed.sha)}): fix it (`gitevolve show {seed.sha[:10]}{store.refs.flag}`), then "
+                                             f"`gitevolve run --retry-failed{store.refs.flag}`; a changed evaluator section "
                                              f"is retried without it")
                 if getattr(operator, "needs_tunables", False):
                     refuse_nothing_to_tune(store, config, population)
@@ -156,11 +156,12 @@ def run(store: Store, config: Config, operator: Operator, progress: Progress, *,
         except OutOfTime:
             waiting = len(load(store, store.ref_state()).pending())
             progress.say(f"Out of time: what still ran {OVERTIME:.0%} after the budget was stopped. {waiting} candidate(s) "
-                         f"are committed but not scored: `gitevolve run` evaluates them first.")
+                         f"are committed but not scored: `gitevolve run{store.refs.flag}` evaluates them first.")
         except KeyboardInterrupt:
             terminate_all()
             waiting = len(load(store, store.ref_state()).pending())
-            progress.say(f"Interrupted. {waiting} candidate(s) are committed but not scored: `gitevolve run` evaluates them first.")
+            progress.say(f"Interrupted. {waiting} candidate(s) are committed but not scored: `gitevolve run{store.refs.flag}` "
+                         f"evaluates them first.")
             raise
         finally:
             progress.end()
@@ -205,10 +206,6 @@ def _kind(reason: str) -> str:
     """A rejection's reason as a kind to count: its head, shortened at a word, never mid-word."""
     head = reason.split(":")[0].split(" (")[0].strip()
     return textwrap.shorten(head, width=60, placeholder=" ...") or "rejected"
-
-
-def _named(store: Store) -> str:
-    return "" if store.refs.default else f" --run {store.refs.run}"
 
 
 def make_batch(store: Store, config: Config, population: Population, operator: Operator, batch: list[int],

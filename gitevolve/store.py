@@ -52,6 +52,11 @@ class RunRefs:
         return self.run == "default"
 
     @property
+    def flag(self) -> str:
+        """What a command needs to name this run: nothing for the default one."""
+        return "" if self.default else f" --run {self.run}"
+
+    @property
     def namespace(self) -> str:
         return f"refs/gitevolve/{self.run}/"
 

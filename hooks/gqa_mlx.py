@@ -14,6 +14,7 @@ and exits 0, whatever the candidate does; the work is done by evaluators.gqa.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import sys
@@ -46,6 +47,10 @@ def main(argv: list[str]) -> dict:
 
         child.main(args)  # writes its result and exits
     script = str(Path(__file__).resolve())
+    if importlib.util.find_spec("mlx") is None:  # looked up, not imported: this process never loads MLX
+        return {"status": "failed", "metrics": {**EVALUATOR_ERROR, "failure_kind": "backend_unavailable"},
+                "reason": f"MLX is not installed for {sys.executable}: pip install 'gitevolve[mlx]' (the CPU, or "
+                          f"Metal on a Mac), or 'mlx[cuda13]' on an NVIDIA GPU; then gitevolve run --retry-failed"}
     if args.stage == "correctness":
         from evaluators.gqa import supervise
 

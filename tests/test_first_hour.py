@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from conftest import CONFIG, HOOK, IDENTITY, git, gitevolve, make_repo
+from conftest import CONFIG, HOOK, IDENTITY, ROOT, git, gitevolve, make_repo
 from test_run import notes, ok
 
 # The hook fails while TOY_BROKEN is set: mlx not installed yet, a typo since fixed.
@@ -207,3 +207,41 @@ def test_a_new_config_from_init_times_one_evaluation_at_a_time(tmp_path):
     ok(gitevolve(repo, "init", "--file", "prog.py", "--evaluator", "python score.py"))
     text = (repo / ".gitevolve.yml").read_text()
     assert "\nworkers: 1\n" in text and "# devices: [0, 1]" in text
+
+
+def test_a_named_run_is_named_in_every_hint_and_found_from_its_branch(repo):
+    done = ok(gitevolve(repo, "run", "--iterations", "4", "--run", "fast")).stdout
+    assert "`gitevolve promote --run fast`" in done and "`gitevolve status --run fast`" in done
+    shown = ok(gitevolve(repo, "show", "gitevolve/fast/island-0")).stdout  # no --run: the branch says which
+    assert "score" in shown
+    body = ok(gitevolve(repo, "promote", "gitevolve/fast/island-0", "--repeats", "0")).stdout
+    assert "Reproduce: `gitevolve show " in body and " --run fast`" in body
+
+
+def test_a_missing_mlx_is_named_with_what_to_install(tmp_path):
+    # python -S leaves site-packages out: this interpreter has no MLX, as a fresh machine.
+    done = subprocess.run([sys.executable, "-S", str(ROOT / "hooks" / "gqa_mlx.py"), "--backend", "cpu"],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result["status"] == "failed" and result["metrics"]["failure_kind"] == "backend_unavailable"
+    assert "MLX is not installed" in result["reason"] and "pip install 'gitevolve[mlx]'" in result["reason"]
+
+
+PUSH = ["refs/gitevolve/*", "refs/notes/gitevolve*", "refs/heads/gitevolve/*"]
+FETCH = ["refs/gitevolve/*:refs/gitevolve/*", "refs/notes/gitevolve*:refs/notes/gitevolve*",
+         "refs/heads/gitevolve/*:refs/heads/gitevolve/*"]
+
+
+def test_a_reviewer_fetches_a_shared_run_with_the_documented_refspecs(repo, tmp_path):
+    ok(gitevolve(repo, "run", "--iterations", "6"))
+    remote = tmp_path / "remote.git"
+    git(tmp_path, "init", "--quiet", "--bare", str(remote))
+    git(repo, "push", "--quiet", str(remote), "main", *PUSH)
+    reviewer = tmp_path / "reviewer"
+    git(tmp_path, "clone", "--quiet", str(remote), str(reviewer))
+    git(reviewer, "fetch", "--quiet", "origin", *FETCH)
+    theirs = json.loads(ok(gitevolve(reviewer, "status", "--json")).stdout)
+    ours = json.loads(ok(gitevolve(repo, "status", "--json")).stdout)
+    assert theirs["islands"] == ours["islands"] and theirs["candidates"] == ours["candidates"]
+    readme = (ROOT / "README.md").read_text()
+    assert " ".join(f"'{r}'" for r in PUSH) in readme and " ".join(f"'{r}'" for r in FETCH) in readme

@@ -54,14 +54,14 @@ def winner(population: Population, store: Store, rev: str | None) -> Candidate:
         best = population.best()
         if best is None or best.sha == population.base:
             raise GitevolveError(f"no candidate of run {store.refs.run!r} scores above its base yet: nothing to promote "
-                                 "(run `gitevolve run` longer, or name a candidate)")
+                                 f"(run `gitevolve run{store.refs.flag}` longer, or name a candidate)")
         return best
     sha = store.resolve(rev)
     if sha == population.base:
         raise GitevolveError(f"{rev} is the base of run {store.refs.run!r}: nothing to promote")
     candidate = population.candidates.get(sha)
     if candidate is None or not candidate.alive:
-        raise GitevolveError(f"{rev} is not a scored candidate of run {store.refs.run!r} (`gitevolve show {rev}` says why)")
+        raise GitevolveError(f"{rev} is not a scored candidate of run {store.refs.run!r} (`gitevolve show {rev}{store.refs.flag}` says why)")
     return candidate
 
 
@@ -155,7 +155,8 @@ def pr_body(store: Store, population: Population, candidate: Candidate, measured
     for c in chain:
         lines.append(f"- `{c.sha[:10]}` {c.subject} ({format_score(previous)} -> {format_score(c.score)})")
         previous = c.score
-    lines += ["", f"Reproduce: `gitevolve show {candidate.sha[:10]}`."]
+    lines += ["", f"Reproduce: `gitevolve show {candidate.sha[:10]}{store.refs.flag}` (its score and diff); "
+                  f"`gitevolve promote {candidate.sha[:10]}{store.refs.flag}` measures it again beside the base."]
     return "\n".join(lines)
 
 
