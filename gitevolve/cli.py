@@ -214,6 +214,8 @@ def promote(
         console.print(f"Re-measuring {candidate.sha[:10]} and the base, {repeats} evaluations each ...", highlight=False)
     done = promote_command.promote(store, config, population, candidate, branch=branch, repeats=repeats, force=force,
                                    on_base=on_base, signoff=signoff)
+    for warning in done.warnings:
+        Console(stderr=True).print(f"gitevolve: warning: {warning}", highlight=False, markup=False, soft_wrap=True)
     console.print(f"Branch {done.branch} ({done.commit[:10]}): the evolved files {done.where}. "
                   f"Push it and open a pull request with this description:\n", highlight=False, soft_wrap=True)
     typer.echo(done.body)

@@ -245,3 +245,36 @@ def test_a_reviewer_fetches_a_shared_run_with_the_documented_refspecs(repo, tmp_
     assert theirs["islands"] == ours["islands"] and theirs["candidates"] == ours["candidates"]
     readme = (ROOT / "README.md").read_text()
     assert " ".join(f"'{r}'" for r in PUSH) in readme and " ".join(f"'{r}'" for r in FETCH) in readme
+
+
+UNREAD = '''\
+# EVOLVE-BLOCK-START
+A = 1  # gitevolve: choices=[1, 2]
+D = 1  # gitevolve: choices=[1, 2]
+# EVOLVE-BLOCK-END
+
+
+def value():
+    return float(A)
+'''
+SCORE_A = '''\
+import json, runpy
+p = runpy.run_path("prog.py")
+print(json.dumps({"status": "ok", "score": p["value"](), "metrics": {"calls_us": 10.0 / p["value"]()}}))
+'''
+
+
+def test_promote_warns_of_a_change_that_cannot_change_what_runs_and_gives_an_interval(tmp_path):
+    repo = make_repo(tmp_path / "repo", program=UNREAD, hook=SCORE_A)
+    ok(gitevolve(repo, "run", "--iterations", "6"))
+    base = git(repo, "rev-parse", "refs/gitevolve/default/base").strip()
+    [noop] = [sha for sha, n in notes(repo).items() if n["settings"] == {"A": 1, "D": 2}]
+    done = ok(gitevolve(repo, "promote", noop, "--repeats", "2"))
+    assert "warning: D is declared in prog.py but never read there" in done.stderr
+    assert "**Check before merging**: D is declared in prog.py but never read there" in done.stdout
+    # Both sides re-measured in this sitting: a ratio with its interval, and that sitting's metrics.
+    assert "**1.000x** (90% interval 1.000-1.000x)" in done.stdout and "told apart from noise" in done.stdout
+    assert "Metrics of the re-measure above" in done.stdout and "| calls_us |" in done.stdout
+    real = [sha for sha, n in notes(repo).items() if n["settings"] == {"A": 2, "D": 1}]
+    clean = ok(gitevolve(repo, "promote", real[0], "--repeats", "1", "--force"))
+    assert "warning" not in clean.stderr and "**2.000x**" in clean.stdout and base != real[0]

@@ -7,6 +7,8 @@ pull-request body quote those figures, and the candidate's note records them.
 
 from __future__ import annotations
 
+import random
+import re
 import statistics
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -29,6 +31,20 @@ class Remeasure:
     scores: list[float] = field(default_factory=list)
     base_scores: list[float] = field(default_factory=list)
     failures: list[str] = field(default_factory=list)
+    metrics: list[dict] = field(default_factory=list)  # each of the candidate's evaluations' metrics
+    base_metrics: list[dict] = field(default_factory=list)
+
+    def ratio(self) -> tuple[float, float, float] | None:
+        """The candidate's median score over the base's, and a 90% interval for it: the 5th and
+        95th percentiles of the same ratio over 2,000 resamples of both sides' scores."""
+        if not self.scores or not self.base_scores or min(self.base_scores) <= 0:
+            return None
+        draw = random.Random(0)  # the interval of the same figures is the same every time
+        resampled = sorted(
+            statistics.median(draw.choices(self.scores, k=len(self.scores)))
+            / statistics.median(draw.choices(self.base_scores, k=len(self.base_scores)))
+            for _ in range(2000))
+        return self.median / self.base_median, resampled[100], resampled[1899]
 
     @property
     def median(self) -> float | None:
@@ -47,6 +63,7 @@ class Promotion:
     remeasure: Remeasure | None
     body: str  # the pull request's description, markdown
     where: str = "on top of the run's base"  # what the commit was made on, in words
+    warnings: list[str] = field(default_factory=list)  # why the change may not change what runs
 
 
 def winner(population: Population, store: Store, rev: str | None) -> Candidate:
@@ -78,7 +95,25 @@ def remeasure(store: Store, config: Config, population: Population, candidate: C
                 result.failures.append(f"{c.sha[:10]}: {evaluation.reason or evaluation.status}")
                 continue
             (result.scores if c is candidate else result.base_scores).append(evaluation.score)
+            (result.metrics if c is candidate else result.base_metrics).append(evaluation.metrics)
     return result
+
+
+def no_ops(store: Store, config: Config, population: Population, candidate: Candidate) -> list[str]:
+    """Why the candidate's change may not change what runs: its program is the base's, or a
+    tunable it changed is never read in its file (the name appears only where it is declared)."""
+    base = population.candidates[population.base]
+    if candidate.content and candidate.content == base.content:
+        return ["its program is the base's (the same content): the gain can only be noise"]
+    said = []
+    ours, theirs = candidate.settings or {}, base.settings or {}
+    for key in sorted(k for k in ours if ours.get(k) != theirs.get(k)):
+        path, _, name = key.rpartition(":")
+        for file in ([path] if path else config.files):
+            text = store.read_file(candidate.sha, file)
+            if re.search(rf"\b{re.escape(name)}\b", text) and len(re.findall(rf"\b{re.escape(name)}\b", text)) == 1:
+                said.append(f"{name} is declared in {file} but never read there: changing it changes nothing that runs")
+    return said
 
 
 def lineage(population: Population, candidate: Candidate) -> list[Candidate]:
@@ -123,32 +158,43 @@ def promote(store: Store, config: Config, population: Population, candidate: Can
     base = population.candidates.get(population.base)
     score = measured.median if measured else candidate.score
     base_score = measured.base_median if measured else (base.score if base else None)
-    body = pr_body(store, population, candidate, measured, base_score)
+    warnings = no_ops(store, config, population, candidate)
+    body = pr_body(store, population, candidate, measured, base_score, warnings)
     subject = f"Evolved {', '.join(config.files)}: score {format_score(score)} (base {format_score(base_score)})"
     message = format_message(subject, _plain(body), {"Run": store.refs.run, "Candidate": candidate.sha})
     sha = store.commit_branch(f"refs/heads/{name}", parent, tree, message, force=force, signoff=signoff)
-    return Promotion(name, sha, candidate, measured, body, where)
+    return Promotion(name, sha, candidate, measured, body, where, warnings)
 
 
 def pr_body(store: Store, population: Population, candidate: Candidate, measured: Remeasure | None,
-            base_score: float | None) -> str:
+            base_score: float | None, warnings: list[str] = ()) -> str:
     """The pull request's text; `base_score` is the base's re-measured score, or the run's."""
     base = population.candidates.get(population.base)
     lines = [f"Evolved by gitevolve, run `{store.refs.run}`: candidate `{candidate.sha[:10]}` "
              f"(island {candidate.island}, iteration {candidate.iteration}).", ""]
+    lines += [f"**Check before merging**: {w}." for w in warnings] + ([""] if warnings else [])
+    ratio = measured.ratio() if measured else None
     if measured:
         lines += [f"Re-measured just now, {len(measured.scores)} evaluations each, alternating with the base: "
-                  f"median score **{format_score(measured.median)}** against **{format_score(base_score)}** for the base "
-                  f"(the run had scored it {format_score(candidate.score)}).",
-                  f"Candidate: {', '.join(format_score(s) for s in measured.scores)}; base: {', '.join(format_score(s) for s in measured.base_scores)}.", ""]
+                  f"median score **{format_score(measured.median)}** against **{format_score(base_score)}** for the base"
+                  + (f", **{ratio[0]:.3f}x** (90% interval {ratio[1]:.3f}-{ratio[2]:.3f}x)" if ratio else "")
+                  + f" (the run had scored it {format_score(candidate.score)}).",
+                  f"Candidate: {', '.join(format_score(s) for s in measured.scores)} (spread {_spread(measured.scores)}); "
+                  f"base: {', '.join(format_score(s) for s in measured.base_scores)} (spread {_spread(measured.base_scores)}).", ""]
+        if ratio and ratio[1] <= 1.0:
+            lines += ["The interval reaches 1.0x: at this many evaluations the gain is not told apart from noise.", ""]
     else:
         lines += [f"Score {format_score(candidate.score)} against {format_score(base_score)} for the base, "
                   "as the run measured them (not re-measured).", ""]
-    shared = sorted(set(candidate.metrics) & set(base.metrics if base else {}))
-    numeric = [k for k in shared if number(candidate.metrics[k]) is not None]
-    if numeric:
-        rows = [[k, f"{base.metrics[k]:.4g}", f"{candidate.metrics[k]:.4g}"] for k in numeric[:30]]
-        lines += ["Metrics from the run's evaluation:", "", tabulate(rows, headers=["metric", "base", "candidate"], tablefmt="github", disable_numparse=True), ""]
+    # Both sides' figures from one sitting only: the run's were taken at different times, under
+    # different load, and once made a 5x bandwidth "regression" out of noise.
+    ours, theirs = (measured.metrics, measured.base_metrics) if measured else ([], [])
+    numeric = sorted(k for k in set().union(*ours, *theirs) if all(number(m.get(k)) is not None for m in ours + theirs))
+    if ours and theirs and numeric:
+        rows = [[k, f"{statistics.median(m[k] for m in theirs):.4g}", f"{statistics.median(m[k] for m in ours):.4g}"]
+                for k in numeric[:30]]
+        lines += ["Metrics of the re-measure above (medians; both sides measured in this one sitting):", "",
+                  tabulate(rows, headers=["metric", "base", "candidate"], tablefmt="github", disable_numparse=True), ""]
     chain = lineage(population, candidate)
     lines += [f"How it got there ({len(chain)} mutations, oldest first; `git log -p {candidate.sha[:10]}` shows each):", ""]
     previous = base.score if base else None
@@ -158,6 +204,11 @@ def pr_body(store: Store, population: Population, candidate: Candidate, measured
     lines += ["", f"Reproduce: `gitevolve show {candidate.sha[:10]}{store.refs.flag}` (its score and diff); "
                   f"`gitevolve promote {candidate.sha[:10]}{store.refs.flag}` measures it again beside the base."]
     return "\n".join(lines)
+
+
+def _spread(scores: list[float]) -> str:
+    """Max over min, less one: how far apart one side's evaluations landed."""
+    return f"{max(scores) / min(scores) - 1:.1%}" if scores and min(scores) > 0 else "-"
 
 
 def _plain(markdown: str) -> str:
