@@ -15,7 +15,7 @@ import typer
 from rich.console import Console
 from tabulate import tabulate
 
-from gitevolve import __version__, loop, report
+from gitevolve import __version__, loop, report, worktrees
 from gitevolve.commands import init as init_command
 from gitevolve.commands import promote as promote_command
 from gitevolve.commands import runs as runs_command
@@ -32,7 +32,7 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-console = Console()
+console = Console(soft_wrap=True)  # piped output is not cut at 80 columns: scripts and logs read whole lines
 
 RunOption = typer.Option("default", "--run", help="Name of the run (several runs can share a repository).")
 
@@ -92,6 +92,7 @@ def run(
     except KeyboardInterrupt:
         raise typer.Exit(130) from None
     store.tidy()
+    worktrees.remove_all(store)  # checkouts of the whole project per worker: made again on the next run
     board = report.leaderboard(store, report.population_of(store))
     best = max((r for r in board["islands"] if r["score"] is not None), key=lambda r: r["score"], default=None)
     skipped = ", ".join(f"{n} {kind}" for kind, n in sorted(stats.rejected.items()))

@@ -108,6 +108,11 @@ def run(store: Store, config: Config, operator: Operator, progress: Progress, *,
             progress.say(f"{', '.join(changed)} changed on {branch} since this run's base {population.base[:10]}: the run "
                          f"goes on evolving the base's version. To evolve {branch}'s, start a run from it "
                          f"(`gitevolve run --run NAME`), or drop this one first (`gitevolve forget {store.refs.run}`).")
+        made_before = sum(c.iteration is not None for c in population.candidates.values())
+        if made_before:
+            budget = (f"up to {iterations} more" if iterations is not None else "as many more as the time allows")
+            progress.say(f"Run {store.refs.run!r} goes on from its {len(population.candidates)} candidates: this "
+                         f"invocation makes {budget} (--iterations and --time count per invocation).")
         stats = Stats()
         progress.begin(population, iterations)
         try:
@@ -579,7 +584,9 @@ class Evaluator:
         decides a champion or a pull request, where a hook may trade speed for caution. `worker`
         is the slot it runs in (GITEVOLVE_WORKER), and picks its GPU where `devices` are set."""
         extra = {
-            "GITEVOLVE_CANDIDATE": c.sha, "GITEVOLVE_PARENT": c.parent or "", "GITEVOLVE_BASE": self.base,
+            # A seed's git parent is the user's history, not a candidate: empty, as docs/hooks.md says.
+            "GITEVOLVE_CANDIDATE": c.sha, "GITEVOLVE_PARENT": (c.parent or "") if c.island is not None else "",
+            "GITEVOLVE_BASE": self.base,
             "GITEVOLVE_FILES": os.pathsep.join(self.config.files), "GITEVOLVE_RUN": self.store.refs.run,
             "GITEVOLVE_PURPOSE": purpose, "GITEVOLVE_WORKER": str(worker),
         }

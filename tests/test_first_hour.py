@@ -278,3 +278,27 @@ def test_promote_warns_of_a_change_that_cannot_change_what_runs_and_gives_an_int
     real = [sha for sha, n in notes(repo).items() if n["settings"] == {"A": 2, "D": 1}]
     clean = ok(gitevolve(repo, "promote", real[0], "--repeats", "1", "--force"))
     assert "warning" not in clean.stderr and "**2.000x**" in clean.stdout and base != real[0]
+
+
+PARENT_LOG = HOOK.replace('p = runpy.run_path("prog.py")\n', '''p = runpy.run_path("prog.py")
+with open(os.environ["TOY_LOG"], "a") as log:
+    log.write(os.environ["GITEVOLVE_CANDIDATE"] + " " + (os.environ["GITEVOLVE_PARENT"] or "-") + "\\n")
+''')
+
+
+def test_a_seed_has_no_parent_candidate_and_a_resumed_run_says_its_budget(tmp_path):
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    git(repo, "init", "--quiet", "--initial-branch=main")
+    git(repo, "commit", "--quiet", "--allow-empty", "-m", "The user's history before the program")
+    make_repo(repo, hook=PARENT_LOG)
+    log = tmp_path / "parents.log"
+    first = ok(gitevolve(repo, "run", "--iterations", "3", env={"TOY_LOG": str(log)})).stdout
+    assert "goes on from" not in first
+    base = git(repo, "rev-parse", "refs/gitevolve/default/base").strip()
+    parents = dict(line.split() for line in log.read_text().splitlines())
+    assert parents[base] == "-"  # not the user's earlier commit
+    assert all(p == base for sha, p in parents.items() if sha != base)  # the first mutations' parent: the seed
+    again = ok(gitevolve(repo, "run", "--iterations", "2", env={"TOY_LOG": str(log)})).stdout
+    assert "Run 'default' goes on from its 4 candidates: this invocation makes up to 2 more" in again
+    assert git(repo, "worktree", "list").count("\n") == 1  # the workers' checkouts are gone after the run
