@@ -44,7 +44,14 @@ class Drop:
     """Close the connection without a response."""
 
 
-Action = Reply | Status | Stall | Drop
+@dataclass(frozen=True)
+class Garbled:
+    """A 200 whose body is not JSON: what a proxy's error page, or a server mid-crash, sends."""
+
+    body: bytes = b"<html><body>502 Bad Gateway</body></html>"
+
+
+Action = Reply | Status | Stall | Drop | Garbled
 
 
 @dataclass
@@ -113,6 +120,13 @@ class FakeOpenAI:
                 if isinstance(action, Drop):
                     self.close_connection = True
                     self.connection.close()
+                    return
+                if isinstance(action, Garbled):
+                    self.send_response(200)
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Length", str(len(action.body)))
+                    self.end_headers()
+                    self.wfile.write(action.body)
                     return
                 if isinstance(action, Stall):
                     time.sleep(action.seconds)

@@ -8,7 +8,7 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from openai_server import Drop, FakeOpenAI, Reply, Stall, Status
+from openai_server import Drop, FakeOpenAI, Garbled, Reply, Stall, Status
 from gitevolve.config import LLMConfig
 from gitevolve.errors import GitevolveError
 from gitevolve.llm.client import CallFailed, Client, retry_after
@@ -174,3 +174,13 @@ def test_a_server_that_answered_once_and_then_refuses_is_retried_as_a_restart(se
     with pytest.raises(CallFailed, match="model connection failed"):
         c.complete(c.config.models[0], MESSAGES)
     assert len(waits) == c.config.retries
+
+
+def test_a_200_whose_body_is_not_json_fails_the_call_once_without_a_traceback(server):
+    c = client(server, waits := [])
+    server.script = [Garbled()]
+    with pytest.raises(CallFailed, match="model bad response") as failed:
+        c.complete(c.config.models[0], MESSAGES)
+    assert failed.value.attempts == 1 and waits == []  # the server answered: the same request would get the same
+    server.script = [Reply("fine")]
+    assert c.complete(c.config.models[0], MESSAGES).text == "fine"  # and the client still works

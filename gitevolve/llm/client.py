@@ -109,6 +109,9 @@ class Client:
             except self._openai.APIError as e:  # a 200 whose body is not a chat completion
                 failure = ("model bad response", str(e)[:200])
                 break
+            except ValueError as e:  # a 200 whose body is not JSON: openai lets json's JSONDecodeError through
+                failure = ("model bad response", f"{self.config.api_base} answered 200 with a body that is not JSON ({e})")
+                break
             else:
                 with self._lock:
                     self._failed_in_a_row = 0
