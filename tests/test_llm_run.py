@@ -148,12 +148,17 @@ def test_the_key_never_comes_from_the_config(tmp_path):
     assert done.returncode == 1 and "TEST_MODEL_KEY is not set: export it" in done.stderr
 
 
-def test_rewrites_and_the_built_in_operator_share_a_run(tmp_path):
-    edits = Edits("rewrite")
-    with FakeOpenAI(edits) as server:
-        extra = "  edit_format: rewrite\nmutation: {builtin_share: 0.5}\n"
+def rewriting_run(tmp_path, mutation: str, iterations: int):
+    """A run whose model rewrites the block (Edits), with `mutation` as the config's mutation section."""
+    with FakeOpenAI(Edits("rewrite")) as server:
+        extra = f"  edit_format: rewrite\nmutation: {mutation}\n"
         repo = make_repo(tmp_path / "repo", config=model_config(server.url, extra))
-        done = ok(gitevolve(repo, "run", "--iterations", "12", env=KEY))
+        done = ok(gitevolve(repo, "run", "--iterations", str(iterations), env=KEY))
+    return repo, server, done
+
+
+def test_rewrites_and_the_built_in_operator_share_a_run(tmp_path):
+    repo, server, done = rewriting_run(tmp_path, "{builtin_share: 0.5}", 12)
     assert "50% of mutations by the search operator" in done.stdout
     operators = {n["operator"].split(":")[0] for n in notes(repo).values()}
     assert {"llm", "search"} <= operators
@@ -165,11 +170,7 @@ def test_rewrites_and_the_built_in_operator_share_a_run(tmp_path):
 
 
 def test_the_operator_mix_gives_each_operator_its_weight_of_the_mutations(tmp_path):
-    edits = Edits("rewrite")
-    with FakeOpenAI(edits) as server:
-        extra = "  edit_format: rewrite\nmutation: {weights: {llm: 1, search: 1, tunables: 1}}\n"
-        repo = make_repo(tmp_path / "repo", config=model_config(server.url, extra))
-        done = ok(gitevolve(repo, "run", "--iterations", "18", env=KEY))
+    repo, server, done = rewriting_run(tmp_path, "{weights: {llm: 1, search: 1, tunables: 1}}", 18)
     assert "33% of mutations by the search operator" in done.stdout
     assert "33% of mutations by the built-in tunables operator" in done.stdout
     operators = [n["operator"].split(":")[0] for n in notes(repo).values() if n["iteration"] is not None]
