@@ -81,7 +81,7 @@ def run(
                                  if v is not None}
     config = load_config(store.root, overrides)
     progress = for_console(console)
-    operator = llm_operator.operator_for(store, config)
+    operator = llm_operator.operator_for(store, config, say=progress.say)
     loop.refuse_uncommitted_config(store, CONFIG_NAME)
     progress.say(llm_operator.describe(operator, config))
     try:

@@ -255,3 +255,11 @@ def test_a_reply_cut_off_at_max_tokens_is_refused_saying_so(tmp_path):
         prompt = ok(gitevolve(repo, "prompt", "gitevolve/island-0")).stdout
     assert "(the reply was cut off at max_tokens)" in prompt  # the next prompt tells the model why
     assert "unparsable reply" in status
+
+
+def test_what_the_client_retries_is_shown_while_it_does(tmp_path):
+    with FakeOpenAI() as server:
+        server.script = [Status(503, "overloaded"), Reply("SUMMARY: x\n<<<<<<< SEARCH\nC = 0.5\n=======\nC = 0.9\n>>>>>>> REPLACE\n")]
+        repo = make_repo(tmp_path / "repo", config=model_config(server.url, "  concurrency: 1\n"))
+        done = gitevolve(repo, "run", "--iterations", "1", "--islands", "1", env=KEY)
+    assert "model HTTP 503 (overloaded); retrying in" in done.stdout and "(attempt 2 of 5)" in done.stdout

@@ -60,7 +60,7 @@ def api_key(config: LLMConfig, environ: Mapping[str, str]) -> str:
 
 class Client:
     def __init__(self, config: LLMConfig, environ: Mapping[str, str] = os.environ,
-                 sleep: Callable[[float], None] = time.sleep) -> None:
+                 sleep: Callable[[float], None] = time.sleep, say: Callable[[str], None] | None = None) -> None:
         try:
             import openai
         except ImportError:
@@ -75,6 +75,7 @@ class Client:
         self._stopped: GitevolveError | None = None
         self._jitter = random.Random()  # jitter need not repeat: it only spreads retries apart
         self._sleep = sleep
+        self._say = say  # a retry shown as it happens: a slow or failing server is not silence
 
     def pick(self, rng: random.Random) -> ModelConfig:
         """One model of the ensemble, drawn by weight from the caller's (seeded) stream."""
@@ -118,7 +119,11 @@ class Client:
                     self._replied = True
                 return _reply(model.name, response, seconds, attempt)
             if attempt <= self.config.retries:
-                self._sleep(self.delay(attempt, wait))
+                pause = self.delay(attempt, wait)
+                if self._say is not None:
+                    self._say(f"model {model.name}: {failure[0]} ({failure[1][:100]}); retrying in {pause:.1f} s "
+                              f"(attempt {attempt + 1} of {self.config.retries + 1})")
+                self._sleep(pause)
         self._count_failure(failure)
         raise CallFailed(failure[0], model.name, failure[1], attempt)
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import os
 import random
-from typing import Mapping
+from typing import Callable, Mapping
 
 from gitevolve.config import Config
 from gitevolve.llm import edits
@@ -105,13 +105,15 @@ def builtin_operator(config: Config, name: str | None = None) -> Operator:
     return SearchOperator(m.sampler, config.seed, m.startup)
 
 
-def operator_for(store: Store, config: Config, environ: Mapping[str, str] = os.environ) -> Operator:
-    """The operator a run uses: the model when one is configured (unless `mutation.operator` says a built-in one)."""
+def operator_for(store: Store, config: Config, environ: Mapping[str, str] = os.environ,
+                 say: Callable[[str], None] | None = None) -> Operator:
+    """The operator a run uses: the model when one is configured (unless `mutation.operator` says a
+    built-in one). `say` shows what the client retries, while it does."""
     if config.llm is None or config.mutation.operator in ("search", "tunables"):
         return builtin_operator(config)
     builtins = {name: builtin_operator(config, name) for name, share in config.mutation.mix().items()
                 if name != "llm" and share > 0}
-    return ModelOperator(config, Client(config.llm, environ), Ledger(store), Prompts(store, config), builtins)
+    return ModelOperator(config, Client(config.llm, environ, say=say), Ledger(store), Prompts(store, config), builtins)
 
 
 def _builtin_words(config: Config, name: str | None = None) -> str:
