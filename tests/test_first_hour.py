@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
 import pytest
+import yaml
 
 from conftest import CONFIG, HOOK, IDENTITY, ROOT, git, gitevolve, make_repo
 from test_run import notes, ok
@@ -204,9 +206,24 @@ def test_a_new_config_from_init_times_one_evaluation_at_a_time(tmp_path):
     repo = tmp_path / "repo"
     repo.mkdir()
     git(repo, "init", "--quiet")
-    ok(gitevolve(repo, "init", "--file", "prog.py", "--evaluator", "python score.py"))
-    text = (repo / ".gitevolve.yml").read_text()
-    assert "\nworkers: 1\n" in text and "# devices: [0, 1]" in text
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    smi = bin_dir / "nvidia-smi"  # what this machine's GPUs are, as init asks the driver's tool
+
+    def init_with(gpus: list[str]) -> dict:
+        smi.write_text("#!/bin/sh\n" + "".join(f"echo '{line}'\n" for line in gpus))
+        smi.chmod(0o755)
+        (repo / ".gitevolve.yml").unlink(missing_ok=True)
+        ok(gitevolve(repo, "init", "--file", "prog.py", "--evaluator", "python score.py",
+                     env={"PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}))
+        return yaml.safe_load((repo / ".gitevolve.yml").read_text())
+
+    one = init_with(["GPU 0: NVIDIA H200 (UUID: GPU-a)"])
+    assert one["workers"] == 1 and "devices" not in one
+    assert "# devices: [0, 1]" in (repo / ".gitevolve.yml").read_text()  # and how to give each worker a GPU
+    # With two GPUs, one worker per GPU, each on its own.
+    two = init_with(["GPU 0: NVIDIA H200 (UUID: GPU-a)", "GPU 1: NVIDIA H200 (UUID: GPU-b)"])
+    assert two["workers"] == 2 and two["devices"] == [0, 1]
 
 
 def test_a_named_run_is_named_in_every_hint_and_found_from_its_branch(repo):

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import shlex
+import shutil
+import subprocess
 from pathlib import Path
 
 import yaml
@@ -23,10 +25,11 @@ iterations: 40
 # Evaluations in parallel. If the hook times its program, two at once on one machine (one GPU,
 # or a few cores) slow each other down and the scores say so: keep 1 unless the hook keeps its
 # timing apart (the GQA hooks time one race at a time), or give each worker a GPU of its own:
-workers: 1
-# devices: [0, 1]              # worker k runs with CUDA_VISIBLE_DEVICES=devices[k] (and GITEVOLVE_WORKER=k)
+{workers}
 seed: 0
 """
+ONE_WORKER = """workers: 1
+# devices: [0, 1]              # worker k runs with CUDA_VISIBLE_DEVICES=devices[k] (and GITEVOLVE_WORKER=k)"""
 
 
 def examples_root() -> Path:
@@ -46,8 +49,28 @@ def write_template(store: Store, files: list[str], command: str | None) -> Path:
     target = store.root / CONFIG_NAME
     if target.exists():
         raise GitevolveError(f"{CONFIG_NAME} already exists: edit it, or remove it to start over")
-    target.write_text(TEMPLATE.format(files=", ".join(files) or "CHANGE-ME.py", command=command or "python evaluate.py"))
+    target.write_text(TEMPLATE.format(files=", ".join(files) or "CHANGE-ME.py", command=command or "python evaluate.py",
+                                      workers=_workers_for(_gpus())))
     return target
+
+
+def _gpus() -> int:
+    """NVIDIA GPUs here, as `nvidia-smi -L` lists them (0 without one, or without the tool)."""
+    tool = shutil.which("nvidia-smi")
+    if tool is None:
+        return 0
+    try:
+        listed = subprocess.run([tool, "-L"], capture_output=True, text=True, timeout=20).stdout
+    except (OSError, subprocess.SubprocessError):
+        return 0
+    return sum(line.startswith("GPU ") for line in listed.splitlines())
+
+
+def _workers_for(gpus: int) -> str:
+    if gpus < 2:
+        return ONE_WORKER
+    return (f"workers: {gpus}                     # one per GPU that nvidia-smi found here, each timed on its own:\n"
+            f"devices: [{', '.join(map(str, range(gpus)))}]")
 
 
 def add_example(store: Store, name: str) -> tuple[list[str], str | None]:
