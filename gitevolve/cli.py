@@ -61,10 +61,14 @@ def init(
 
 @app.command()
 def run(
-    islands: Optional[int] = typer.Option(None, help="Number of islands (overrides the config); existing islands are kept."),
-    iterations: Optional[int] = typer.Option(None, help="New candidates to make in this invocation (overrides the config)."),
-    workers: Optional[int] = typer.Option(None, help="Evaluations in parallel, each in its own worktree."),
-    seed: Optional[int] = typer.Option(None, help="Seed for reproducible selection and built-in mutations."),
+    islands: Optional[int] = typer.Option(None, help="Number of islands; existing islands are kept. "
+                                          "(default: islands in .gitevolve.yml, else 5)"),
+    iterations: Optional[int] = typer.Option(None, help="New candidates to make in this invocation. "
+                                             "(default: iterations in .gitevolve.yml, else 40; none with --time alone)"),
+    workers: Optional[int] = typer.Option(None, help="Evaluations in parallel, each in its own worktree. "
+                                          "(default: workers in .gitevolve.yml, else 1)"),
+    seed: Optional[int] = typer.Option(None, help="Seed for reproducible selection and built-in mutations. "
+                                       "(default: seed in .gitevolve.yml, else 0)"),
     from_rev: Optional[str] = typer.Option(None, "--from", help="Start a new run, or the new islands, from this commit or ref."),
     time_budget: Optional[str] = typer.Option(None, "--time", help="Start no new candidate after this long (90s, 10m, 1.5h), and stop "
                                               "evaluations still running 10% later (they stay pending for the next run); "

@@ -129,6 +129,9 @@ def test_the_command_line_s_own_errors_are_one_line_and_blame_the_flag(repo):
     assert bad.startswith("gitevolve: --islands: ") and ".gitevolve.yml" not in bad
     [flag] = [line for line in ok(gitevolve(repo, "status", "--help")).stdout.splitlines() if "--json" in line]
     assert "<bool>" not in flag  # a flag, not an option that takes a value
+    helped = " ".join(ok(gitevolve(repo, "run", "--help")).stdout.split())
+    for key, default in (("islands", 5), ("iterations", 40), ("workers", 1), ("seed", 0)):
+        assert f"(default: {key} in .gitevolve.yml, else {default}" in helped  # where the value comes from
 
 
 def test_a_fresh_run_says_it_evaluates_its_start_not_leftovers(repo):
