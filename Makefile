@@ -21,12 +21,14 @@ demo: $(STAMP)
 	cd demo-run && ../$(BIN)/gitevolve init --example gqa-mlx
 	cd demo-run && ../$(BIN)/gitevolve run --islands 5 --time 4m
 	cd demo-run && ../$(BIN)/gitevolve status
-	@echo
-	@echo "Look at the result with plain git, inside demo-run/:"
-	@echo "  git log --oneline gitevolve/island-0          # island 0's champion and its lineage"
-	@echo "  git notes --ref=gitevolve show gitevolve/island-0   # its score as JSON"
-	@echo "  git diff main gitevolve/island-0              # what evolution changed"
-	@echo "  ../$(BIN)/gitevolve show gitevolve/island-0   # score, metrics and diff in one"
+	@cd demo-run && best=$$(../$(BIN)/gitevolve status --json | ../$(BIN)/python -c \
+	  "import json, sys; rows = [r for r in json.load(sys.stdin)['islands'] if r['score'] is not None]; print(max(rows, key=lambda r: r['score'])['branch'])") \
+	  && echo && echo "The winner is $$best. Look at it with plain git, inside demo-run/:" \
+	  && echo "  git log --oneline $$best          # its lineage, one mutation per commit" \
+	  && echo "  git notes --ref=gitevolve show $$best   # its score as JSON" \
+	  && echo "  git diff main $$best -- attention.py    # what evolution changed" \
+	  && echo "  ../$(BIN)/gitevolve show $$best   # score, metrics and diff in one" \
+	  && echo "  ../$(BIN)/gitevolve promote       # measures it again beside the base, then a pull-request branch"
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
