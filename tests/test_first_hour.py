@@ -322,3 +322,14 @@ def test_a_seed_has_no_parent_candidate_and_a_resumed_run_says_its_budget(tmp_pa
     again = ok(gitevolve(repo, "run", "--iterations", "2", env={"TOY_LOG": str(log)})).stdout
     assert "Run 'default' goes on from its 4 candidates: this invocation makes up to 2 more" in again
     assert git(repo, "worktree", "list").count("\n") == 1  # the workers' checkouts are gone after the run
+
+
+def test_piped_output_keeps_its_lines_whole(tmp_path):
+    # No COLUMNS, no terminal: rich would wrap at 80 columns, cutting what scripts grep for.
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    git(repo, "init", "--quiet", "--initial-branch=main")
+    git(repo, "commit", "--quiet", "--allow-empty", "-m", "Empty start")
+    done = ok(gitevolve(repo, "init", "--example", "gqa-mlx", env={"COLUMNS": None}))
+    [said] = done.stdout.splitlines()
+    assert len(said) > 80 and said.startswith("Added the gqa-mlx example") and said.endswith("Next: gitevolve run")
