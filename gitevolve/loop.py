@@ -102,6 +102,8 @@ def run(store: Store, config: Config, operator: Operator, progress: Progress, *,
     deadline = None if seconds is None else time.monotonic() + seconds
     with run_lock(store):
         population = start(store, config, islands, from_rev)
+        if getattr(operator, "needs_tunables", False):  # before the base is evaluated for nothing
+            refuse_nothing_to_tune(store, config, population)
         moved = None if from_rev else moved_since(store, population, config.files)
         if moved:
             branch, changed = moved
@@ -135,8 +137,6 @@ def run(store: Store, config: Config, operator: Operator, progress: Progress, *,
                                              f"({_why(store, seed.sha)}): fix it (`gitevolve show {seed.sha[:10]}{store.refs.flag}`), then "
                                              f"`gitevolve run --retry-failed{store.refs.flag}`; a changed evaluator section "
                                              f"is retried without it")
-                if getattr(operator, "needs_tunables", False):
-                    refuse_nothing_to_tune(store, config, population)
                 iteration, done, queued = population.next_iteration(), 0, None
                 if deadline is not None:
                     evaluator.stop_at(deadline + OVERTIME * seconds)

@@ -100,6 +100,7 @@ def test_a_program_with_nothing_to_evolve_is_refused_at_start_with_what_to_add(t
     repo = make_repo(tmp_path / "repo", program="# EVOLVE-BLOCK-START\nX = 1\n# EVOLVE-BLOCK-END\n" + plain, hook=hook)
     message = failed(gitevolve(repo, "run"))
     assert message.count("\n") == 1  # one line
+    assert notes(repo) == {}  # refused before anything was evaluated
     assert "nothing to evolve: prog.py declare no tunables and no model is configured" in message
     assert "# gitevolve: choices=[32, 64, 128]" in message and "add an llm section" in message
 
