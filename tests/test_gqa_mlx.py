@@ -72,9 +72,20 @@ def failed(result: dict, *words: str, kind: str | None = None) -> str:
 # --- the example as shipped ------------------------------------------------------------------
 
 
+def honest_run(cwd: Path, *args: str) -> dict:
+    """The hook on an honest program, retried on a transient result as gitevolve retries one
+    (evaluator.retries, 2 by default): on a loaded 2-core machine the raced baseline is sometimes
+    slower than alone, which the hook reports as transient, not as cheating."""
+    for _ in range(3):
+        result, _ = run_hook(cwd, *args)
+        if result["status"] != "transient":
+            return result
+    return result
+
+
 def test_initial_program_passes_through_the_hook(tmp_path):
     path = variant(tmp_path)
-    result, _ = run_hook(tmp_path, "--file", "attention.py", "--seconds", "0.15")
+    result = honest_run(tmp_path, "--file", "attention.py", "--seconds", "0.15")
     assert result["status"] == "ok", result
     m = result["metrics"]
     assert result["score"] == pytest.approx(m["geomean_speedup"], rel=1e-3) and result["score"] > 0
