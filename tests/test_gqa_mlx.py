@@ -112,6 +112,7 @@ def test_tunables_are_declared_for_the_builtin_operator():
         assert "" in [line.strip() for line in lines[a + 1 : b]], (lines[a], lines[b])
 
 
+@pytest.mark.slow  # one of the suite's slowest (20-40 s): pytest -m 'not slow' leaves it out
 def test_every_tunable_combination_is_correct():
     module = guards.load_candidate(EXAMPLE / "attention.py")
     tunables = parse("attention.py", PROGRAM)

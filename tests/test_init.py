@@ -1,5 +1,6 @@
 """`gitevolve init`: a template to edit, or an example committed as the run's base."""
 
+import pytest
 import yaml
 
 from conftest import IDENTITY, git, gitevolve
@@ -15,6 +16,7 @@ def empty_repo(tmp_path):
     return repo
 
 
+@pytest.mark.slow  # one of the suite's slowest (20-40 s): pytest -m 'not slow' leaves it out
 def test_init_example_commits_the_example_and_its_hook_as_the_base(tmp_path):
     repo = empty_repo(tmp_path)
     (repo / "mine.txt").write_text("staged, not part of the example\n")

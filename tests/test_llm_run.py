@@ -182,6 +182,7 @@ def test_the_operator_mix_gives_each_operator_its_weight_of_the_mutations(tmp_pa
 EXAMPLE = ROOT / "examples" / "gqa-mlx" / "attention.py"
 
 
+@pytest.mark.slow  # one of the suite's slowest (20-40 s): pytest -m 'not slow' leaves it out
 @pytest.mark.skipif(not EXAMPLE.is_file() or importlib.util.find_spec("mlx") is None, reason="needs the gqa-mlx example and mlx")
 def test_a_model_edits_the_gqa_kernel_example(tmp_path):
     repo = tmp_path / "repo"
