@@ -266,14 +266,19 @@ def moved_since(store: Store, population: Population, files: list[str]) -> tuple
 
 def refuse_uncommitted_config(store: Store, name: str) -> None:
     """The candidates carry the committed settings, so the run must read those and no others."""
-    if store.git("status", "--porcelain", "--", name).strip():
+    if uncommitted(store, [name]):
         raise GitevolveError(f"{name}: uncommitted changes. The candidates carry the committed settings, so the run "
                              f"reads those only: commit it (`git commit {name}`), or `git stash` the edit; for one "
                              f"run, a flag overrides a setting (gitevolve run --help)")
 
 
+def uncommitted(store: Store, paths: list[str]) -> list[str]:
+    """Those of `paths` with changes (or untracked) in the checkout."""
+    return [line[3:] for line in store.git("status", "--porcelain", "--", *paths).splitlines() if line.strip()]
+
+
 def refuse_uncommitted(store: Store, files: list[str]) -> None:
-    dirty = [line[3:] for line in store.git("status", "--porcelain", "--", *files).splitlines() if line.strip()]
+    dirty = uncommitted(store, files)
     if dirty:
         names = ", ".join(dirty)
         raise GitevolveError(f"{names}: uncommitted changes. gitevolve evolves commits: commit them first (or pass --from REF)")

@@ -17,8 +17,8 @@ from gitevolve.store import Store
 def population_of(store: Store) -> Population:
     state = store.ref_state()
     if state.base is None:
-        hint = "gitevolve run" if store.refs.default else f"gitevolve run --run {store.refs.run}"
-        raise GitevolveError(f"no run {store.refs.run!r} in this repository ({store.known_runs()}): start one with `{hint}`")
+        raise GitevolveError(f"no run {store.refs.run!r} in this repository ({store.known_runs()}): start one with "
+                             f"`gitevolve run{store.refs.flag}`")
     return load(store, state)
 
 
