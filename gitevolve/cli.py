@@ -106,11 +106,9 @@ def run(
     console.print(f"Done: {stats.evaluated} evaluated{taken} ({stats.failed} failed{cut}, {stats.migrations} migrations)"
                   + (f"; no candidate from: {skipped}" if skipped else "") + ".", highlight=False, soft_wrap=True)
     if best:
-        ratio = report.gain(best["score"], board["base_score"])
-        versus = (f"{ratio:.2f}x the base's {report.format_score(board['base_score'])}" if ratio is not None
-                  else f"base scored {report.format_score(board['base_score'])}")
+        versus = (report.gain_words(best["score"], board["base_score"], board["score_is"])
+                  or f"base scored {report.format_score(board['base_score'])}")
         console.print(f"Best: {report.format_score(best['score'])} on {best['branch']} ({best['champion'][:10]}), {versus}"
-                      + (f"; the score is {board['score_is']}" if board.get("score_is") else "")
                       + f". Next: `gitevolve promote{store.refs.flag}` measures it again beside the base and makes "
                         f"a pull-request branch; `gitevolve status{store.refs.flag}` shows every island.", highlight=False, soft_wrap=True)
     if stats.done and not stats.made:

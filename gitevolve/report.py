@@ -68,12 +68,12 @@ def gain(score: float | None, base: float | None) -> float | None:
     return score / base
 
 
-def gain_words(board: dict) -> str:
+def gain_words(score: float | None, base: float | None, score_is: str | None = None) -> str:
     """'1.66x the base's 0.8200 (the score: ...)', or '' where there is no ratio to give."""
-    if board.get("gain") is None:
+    ratio = gain(score, base)
+    if ratio is None:
         return ""
-    words = f"{board['gain']:.2f}x the base's {format_score(board['base_score'])}"
-    return words + (f" (the score: {board['score_is']})" if board.get("score_is") else "")
+    return f"{ratio:.2f}x the base's {format_score(base)}" + (f" (the score: {score_is})" if score_is else "")
 
 
 def pace(population: Population) -> dict:
@@ -155,7 +155,8 @@ def render_leaderboard(board: dict) -> str:
     ]
     lines = [
         f"run {board['run']}: {board['candidates']} candidates from base {board['base'][:10]} (score {format_score(board['base_score'])})",
-        *([f"best {board['best'][:10]}: {format_score(board['best_score'])}, {gain_words(board)}"] if gain_words(board) else []),
+        *([f"best {board['best'][:10]}: {format_score(board['best_score'])}, {gained}"]
+          if (gained := gain_words(board["best_score"], board["base_score"], board["score_is"])) else []),
         *([_pace_line(board["pace"])] if board.get("pace") else []),
         "",
         tabulate(rows, headers=["island", "branch", "champion", "score", "ok/failed/pending", "champion's last change"],
