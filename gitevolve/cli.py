@@ -237,9 +237,8 @@ def _print_version() -> None:
     raise typer.Exit()
 
 
-# Typer vendors click (0.2x) or uses it: take the error classes from typer's own BadParameter.
-UsageError, ClickException = (next(c for c in typer.BadParameter.__mro__ if c.__name__ == name)
-                              for name in ("UsageError", "ClickException"))
+# Typer vendors click (0.2x) or uses it: take the error class from typer's own BadParameter.
+ClickException = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
 
 
 def main() -> None:
@@ -249,12 +248,10 @@ def main() -> None:
     except GitevolveError as e:
         err.print(f"gitevolve: {e}", highlight=False, markup=False, soft_wrap=True)
         sys.exit(1)
-    except UsageError as e:  # a flag or argument the command does not take: one line, like every error
-        hint = f" (see `{e.ctx.command_path} --help`)" if e.ctx is not None else ""
+    except ClickException as e:  # a flag or argument the command does not take: one line, like every error
+        ctx = getattr(e, "ctx", None)  # usage errors know their command; other click errors do not
+        hint = f" (see `{ctx.command_path} --help`)" if ctx is not None else ""
         err.print(f"gitevolve: {e.format_message()}{hint}", highlight=False, markup=False, soft_wrap=True)
-        sys.exit(e.exit_code)
-    except ClickException as e:
-        err.print(f"gitevolve: {e.format_message()}", highlight=False, markup=False, soft_wrap=True)
         sys.exit(e.exit_code)
     except typer.Abort:
         err.print("gitevolve: aborted", highlight=False)

@@ -110,8 +110,7 @@ def no_ops(store: Store, config: Config, population: Population, candidate: Cand
     for key in sorted(k for k in ours if ours.get(k) != theirs.get(k)):
         path, _, name = key.rpartition(":")
         for file in ([path] if path else config.files):
-            text = store.read_file(candidate.sha, file)
-            if re.search(rf"\b{re.escape(name)}\b", text) and len(re.findall(rf"\b{re.escape(name)}\b", text)) == 1:
+            if len(re.findall(rf"\b{re.escape(name)}\b", store.read_file(candidate.sha, file))) == 1:
                 said.append(f"{name} is declared in {file} but never read there: changing it changes nothing that runs")
     return said
 
