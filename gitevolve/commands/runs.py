@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from gitevolve import worktrees
 from gitevolve.errors import GitevolveError
 from gitevolve.loop import run_lock
-from gitevolve.store import RunRefs, Store
+from gitevolve.store import ZERO, RunRefs, Store
 
 
 @dataclass(frozen=True)
@@ -59,6 +59,6 @@ def forget(store: Store) -> Forgotten:
             elif ref in (refs.base, refs.notes) or ref.startswith(refs.namespace + "seeds/"):
                 kept[ref] = sha
             doomed.append((ref, sha))
-        store.update_refs([(ref, "0" * 40, sha) for ref, sha in doomed], f"gitevolve forget {refs.run}")
+        store.update_refs([(ref, ZERO, sha) for ref, sha in doomed], f"gitevolve forget {refs.run}")
     worktrees.remove_all(store)
     return Forgotten(refs.run, len(doomed), kept)

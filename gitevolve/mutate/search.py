@@ -65,7 +65,6 @@ class SearchOperator:
         island = self._island(parent.island if parent.island is not None else -1, tuple(found))
         values, trial = self._next(island, found, parent, rng)
         changed = {t: values[k] for t, k in zip(found, tun.keys(found)) if values[k] != t.value}
-        said = ", ".join(f"{t.name} {_show(t.value)} -> {_show(v)}" for t, v in changed.items())
         by = "random search" if self.sampler == "random" else "Optuna's TPE sampler"
         told = len(island.known)
         body = (f"The search operator ({by}) chose this setting of the {len(found)} declared tunables, having been "
@@ -75,7 +74,7 @@ class SearchOperator:
         for path in sorted({t.path for t in changed}):
             files[path] = tun.apply(parent.files[path], {t.line: v for t, v in changed.items() if t.path == path})
         meta = {"sampler": self.sampler, **({"trial": trial} if trial is not None else {})}
-        return Proposal(files, f"Set {said}", body, f"search:{self.sampler}", meta)
+        return Proposal(files, tun.subject(changed), body, f"search:{self.sampler}", meta)
 
     # --- the studies --------------------------------------------------------------------------
 
@@ -234,7 +233,3 @@ class _Randomly:
 
     def suggest_categorical(self, name: str, choices: list) -> object:
         return self.rng.choice(choices)
-
-
-def _show(value: object) -> str:
-    return value if isinstance(value, str) else repr(value)

@@ -231,7 +231,7 @@ def changed_values(before: dict[str, str], after: dict[str, str]) -> str | None:
     """'Set A 1 -> 2, B x -> y' when the files of `after` differ from `before`'s only in tunables'
     values; None when other text changed too, or nothing did (a migration's subject must say its
     own diff)."""
-    said = []
+    said = {}
     for path, new in sorted(after.items()):
         old = before.get(path)
         if old == new:
@@ -243,8 +243,13 @@ def changed_values(before: dict[str, str], after: dict[str, str]) -> str | None:
             return None
         if apply(old, {t.line: n.value for t, n in zip(was, now)}) != new:
             return None  # more than values changed
-        said += [f"{t.name} {_show(t.value)} -> {_show(n.value)}" for t, n in zip(was, now) if t.value != n.value]
-    return f"Set {', '.join(said)}" if said else None
+        said.update({t: n.value for t, n in zip(was, now) if t.value != n.value})
+    return subject(said) if said else None
+
+
+def subject(changes: dict[Tunable, object]) -> str:
+    """'Set A 1 -> 2, B x -> y': a commit subject for new values of tunables, as every operator words it."""
+    return "Set " + ", ".join(f"{t.name} {_show(t.value)} -> {_show(v)}" for t, v in changes.items())
 
 
 def _show(value: object) -> str:
@@ -274,12 +279,11 @@ class TunablesOperator:
         for t in rng.sample(tunables, rng.randint(1, min(self.max_changes, len(tunables)))):
             options = [c for c in t.choices if c != t.value]
             changes[t] = rng.choice(options)
-        said = ", ".join(f"{t.name} {_show(t.value)} -> {_show(v)}" for t, v in changes.items())
         body = (
             f"The built-in tunables operator changed {len(changes)} of the {len(tunables)} declared "
             f"tunables of {parent.candidate.sha[:10]} at random, each to another of its choices."
         )
-        return Proposal(self._write(parent, changes), f"Set {said}", body, "tunables:mutate")
+        return Proposal(self._write(parent, changes), subject(changes), body, "tunables:mutate")
 
     def _crossover(self, parent: Program, tunables: list[Tunable], other: Program, rng: random.Random) -> Proposal | None:
         theirs = {(t.path, t.name): t.value for path, text in other.files.items() for t in parse(path, text)}
