@@ -49,6 +49,7 @@ class Garbled:
     """A 200 whose body is not JSON: what a proxy's error page, or a server mid-crash, sends."""
 
     body: bytes = b"<html><body>502 Bad Gateway</body></html>"
+    content_type: str = "application/json"
 
 
 Action = Reply | Status | Stall | Drop | Garbled
@@ -123,7 +124,7 @@ class FakeOpenAI:
                     return
                 if isinstance(action, Garbled):
                     self.send_response(200)
-                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Type", action.content_type)
                     self.send_header("Content-Length", str(len(action.body)))
                     self.end_headers()
                     self.wfile.write(action.body)

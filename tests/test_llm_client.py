@@ -1,6 +1,7 @@
 """The model client against a local OpenAI-compatible server: real sockets, the real `openai` client."""
 
 import random
+import re
 import threading
 from collections import Counter
 from email.utils import format_datetime
@@ -125,8 +126,12 @@ def test_failed_calls_in_a_row_stop_the_run(server):
     for _ in range(2):
         with pytest.raises(CallFailed):
             c.complete(c.config.models[0], MESSAGES)
-    with pytest.raises(GitevolveError, match=r"^3 model calls in a row failed \(the last: model HTTP 503: scripted failure\): stopping"):
+    with pytest.raises(CallFailed) as third:  # a CallFailed still, so that the caller counts the call
         c.complete(c.config.models[0], MESSAGES)
+    assert re.match(r"^3 model calls in a row failed \(the last: model HTTP 503: scripted failure\): stopping", str(third.value.stop))
+    with pytest.raises(GitevolveError, match="^3 model calls in a row failed"):
+        c.complete(c.config.models[0], MESSAGES)  # and nothing more is sent
+    assert len(server.requests) == 6
 
 
 def test_no_more_calls_in_flight_than_the_concurrency_limit(server):

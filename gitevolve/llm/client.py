@@ -14,18 +14,26 @@ The `openai` package's own retries are off (`max_retries=0`): they would multipl
 from __future__ import annotations
 
 import email.utils
+import json
 import os
 import random
+import re
 import threading
 import time
+import urllib.parse
+import urllib.request
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Callable, Mapping
 
 from gitevolve.config import LLMConfig, ModelConfig
 from gitevolve.errors import GitevolveError
+from gitevolve.llm import structured
 from gitevolve.mutate import MutationRejected
 
+CONTEXT_EXCEEDED = "model context_length_exceeded"
+# OpenAI's and llama-cpp-python's wording; llama.cpp's server says "context size (N tokens)".
+CONTEXT_IN_MESSAGE = re.compile(r"(?:maximum context length is|context (?:size|window|length) (?:of |is )?\(?)(\d+)")
 NO_KEY = "no-key"  # what a server that wants no key (a local one) receives: the client insists on some value
 
 
@@ -41,11 +49,12 @@ class Reply:
 
 
 class CallFailed(MutationRejected):
-    """No reply after every retry: this mutation is lost, the run goes on."""
+    """No reply after every retry: this mutation is lost, and the run goes on unless `stop` says
+    why it cannot (too many failures in a row); the caller counts the call first, then raises it."""
 
-    def __init__(self, kind: str, model: str, detail: str, attempts: int) -> None:
+    def __init__(self, kind: str, model: str, detail: str, attempts: int, stop: GitevolveError | None = None) -> None:
         super().__init__(f"{kind}: {model}: {detail} (after {attempts} attempt{'s' * (attempts > 1)})")
-        self.kind, self.attempts = kind, attempts
+        self.kind, self.attempts, self.stop = kind, attempts, stop
 
 
 def api_key(config: LLMConfig, environ: Mapping[str, str]) -> str:
@@ -76,25 +85,36 @@ class Client:
         self._jitter = random.Random()  # jitter need not repeat: it only spreads retries apart
         self._sleep = sleep
         self._say = say  # a retry shown as it happens: a slow or failing server is not silence
+        self._style = "json_object" if config.response_format == "json_object" else "json_schema"
+        self._contexts: dict[str, int] = {}  # per model, what a server said of its context
+        self._probed = False
 
     def pick(self, rng: random.Random) -> ModelConfig:
         """One model of the ensemble, drawn by weight from the caller's (seeded) stream."""
         models = self.config.models
         return rng.choices(models, weights=[m.weight for m in models])[0] if len(models) > 1 else models[0]
 
-    def complete(self, model: ModelConfig, messages: list[dict]) -> Reply:
+    def complete(self, model: ModelConfig, messages: list[dict], schema: dict | None = None) -> Reply:
+        """One reply from `model`; `schema`: the JSON schema the server is asked to hold it to."""
         failure: tuple[str, str] = ("", "")
-        for attempt in range(1, self.config.retries + 2):
+        attempt = 0
+        while attempt <= self.config.retries:
+            attempt += 1
             wait = None
             try:
                 with self._slots:
                     self._raise_if_stopped()
                     started = time.monotonic()
-                    response = self._client.chat.completions.create(**self._request(model, messages))
+                    response = self._client.chat.completions.create(**self._request(model, messages, schema))
                     seconds = time.monotonic() - started
             except self._openai.APIStatusError as e:
                 self._stop_on_fatal(model, e)
-                failure = (f"model HTTP {e.status_code}", _message(e))
+                if schema is not None and self._schema_refused(e):
+                    attempt -= 1  # the request's form was refused, not the call: the other form is no retry
+                    continue
+                failure = (_status_kind(e), _message(e))
+                if failure[0] == CONTEXT_EXCEEDED:
+                    self._learn_context(model, _message(e))
                 if not _retryable(e.status_code):
                     break
                 wait = retry_after(e.response.headers)
@@ -114,18 +134,54 @@ class Client:
                 failure = ("model bad response", f"{self.config.api_base} answered 200 with a body that is not JSON ({e})")
                 break
             else:
+                reply = _reply(model.name, response, seconds, attempt)
+                if reply is None:  # a 200 holding no completion: an HTML page, a stream, an empty body
+                    failure = ("model bad response", f"{self.config.api_base} answered 200 without a chat completion "
+                                                     f"({_describe_body(response)})")
+                    break
                 with self._lock:
                     self._failed_in_a_row = 0
                     self._replied = True
-                return _reply(model.name, response, seconds, attempt)
+                return reply
             if attempt <= self.config.retries:
                 pause = self.delay(attempt, wait)
                 if self._say is not None:
                     self._say(f"model {model.name}: {failure[0]} ({failure[1][:100]}); retrying in {pause:.1f} s "
                               f"(attempt {attempt + 1} of {self.config.retries + 1})")
                 self._sleep(pause)
-        self._count_failure(failure)
-        raise CallFailed(failure[0], model.name, failure[1], attempt)
+        raise CallFailed(failure[0], model.name, failure[1], attempt, self._count_failure(failure))
+
+    def context(self, model: ModelConfig) -> int | None:
+        """The tokens `model` sees at once: the config's, else what a server told (`/props`, an error)."""
+        if model.context:
+            return model.context
+        with self._lock:
+            if not self._probed:
+                self._probed = True
+                found = server_context(self.config.api_base)
+                if found:
+                    self._contexts.setdefault(model.name, found)
+            return self._contexts.get(model.name)
+
+    def _learn_context(self, model: ModelConfig, message: str) -> None:
+        if m := CONTEXT_IN_MESSAGE.search(message):
+            with self._lock:
+                self._contexts[model.name] = int(m.group(1))
+
+    def _schema_refused(self, e) -> bool:
+        """Whether the server refused the json_schema form of response_format (llama-cpp-python's
+        server takes only json_object with a schema, and says so with an HTTP 500 whose body names
+        response_format): then the other form, once, for the whole run."""
+        if self.config.response_format != "auto" or self._style != "json_schema" or e.status_code not in (400, 422, 500):
+            return False
+        if not re.search(r"response_format|json_schema", str(e.body) + str(e.message)):
+            return False
+        with self._lock:
+            self._style = "json_object"
+        if self._say is not None:
+            self._say(f"{self.config.api_base} refused response_format json_schema: sending json_object with the "
+                      f"schema instead (llm.response_format: json_object says so in the config)")
+        return True
 
     def delay(self, attempt: int, asked: float | None) -> float:
         """Seconds before retry `attempt`: what the server asked, else doubling backoff with jitter."""
@@ -135,10 +191,12 @@ class Client:
         step = min(cap, self.config.backoff * 2 ** (attempt - 1))
         return step / 2 + self._jitter.uniform(0, step / 2)
 
-    def _request(self, model: ModelConfig, messages: list[dict]) -> dict:
+    def _request(self, model: ModelConfig, messages: list[dict], schema: dict | None) -> dict:
         request = {"model": model.name, "messages": messages, "max_tokens": model.max_tokens, "timeout": model.timeout}
         if model.temperature is not None:
             request["temperature"] = model.temperature
+        if schema is not None:
+            request["response_format"] = structured.response_format(schema, self._style)
         return request
 
     def _stop_on_fatal(self, model: ModelConfig, e) -> None:
@@ -160,14 +218,33 @@ class Client:
         if self._stopped is not None:
             raise GitevolveError(str(self._stopped))  # a fresh one per thread: tracebacks are per raise
 
-    def _count_failure(self, failure: tuple[str, str]) -> None:
+    def _count_failure(self, failure: tuple[str, str]) -> GitevolveError | None:
+        """The error that stops the run, once this failure makes too many in a row."""
         with self._lock:
             self._failed_in_a_row += 1
             n = self._failed_in_a_row
-        if n >= self.config.stop_after_failures:
-            self._stop(GitevolveError(
+            if n < self.config.stop_after_failures:
+                return None
+            self._stopped = self._stopped or GitevolveError(
                 f"{n} model calls in a row failed (the last: {failure[0]}: {failure[1]}): stopping; check "
-                f"llm.api_base and the server, then run again (llm.stop_after_failures sets the limit)"))
+                f"llm.api_base and the server, then run again (llm.stop_after_failures sets the limit)")
+            return self._stopped
+
+
+def server_context(api_base: str) -> int | None:
+    """The context a local llama.cpp server was started with (its `/props`), or None: asked of
+    localhost only, since a hosted API has no such endpoint and each request costs a round trip."""
+    parts = urllib.parse.urlsplit(api_base)
+    if parts.hostname not in ("localhost", "127.0.0.1", "::1"):
+        return None
+    url = urllib.parse.urlunsplit((parts.scheme, parts.netloc, "/props", "", ""))
+    try:
+        with urllib.request.urlopen(url, timeout=3) as response:
+            props = json.loads(response.read())
+        n = (props.get("default_generation_settings") or {}).get("n_ctx") or props.get("n_ctx")
+        return int(n) if n else None
+    except (OSError, ValueError, AttributeError, TypeError):
+        return None  # llama-cpp-python, Ollama, vLLM: no /props; the context is learnt another way
 
 
 def _refused(e: BaseException) -> bool:
@@ -178,6 +255,31 @@ def _refused(e: BaseException) -> bool:
             return True
         e, seen = e.__cause__ or e.__context__, seen + 1
     return False
+
+
+def _status_kind(e) -> str:
+    """A failure's kind for the counts: the status, or the one 400 that has a remedy of its own."""
+    body = e.body if isinstance(e.body, dict) else {}
+    inner = body.get("error", body)
+    code = inner.get("code") if isinstance(inner, dict) else None
+    text = _message(e).lower()
+    if code == "context_length_exceeded" or (e.status_code == 400 and ("context length" in text or
+                                                                     "context window" in text or
+                                                                     "exceeds the available context" in text)):
+        return CONTEXT_EXCEEDED
+    return f"model HTTP {e.status_code}"
+
+
+def _describe_body(response) -> str:
+    text = response if isinstance(response, str) else repr(response)
+    text = " ".join(text.split())
+    if not text:
+        return "an empty body"
+    if text.lstrip().lower().startswith(("<!doctype", "<html")):
+        return f"an HTML page: {text[:80]}"
+    if text.startswith("data:"):
+        return f"a stream, where none was asked: {text[:80]}"
+    return text[:120]
 
 
 def _retryable(status: int) -> bool:
@@ -214,15 +316,17 @@ def retry_after(headers: Mapping[str, str]) -> float | None:
     return max(0.0, (when - datetime.now(timezone.utc)).total_seconds())
 
 
-def _reply(model: str, response, seconds: float, attempts: int) -> Reply:
-    choice = response.choices[0] if getattr(response, "choices", None) else None
+def _reply(model: str, response, seconds: float, attempts: int) -> Reply | None:
+    if isinstance(response, (str, bytes)) or not getattr(response, "choices", None):
+        return None  # openai hands back the body as text when it is not JSON, and as an empty object when no completion
+    choice = response.choices[0]
     usage = getattr(response, "usage", None)
     return Reply(
         model=model,
-        text=choice.message.content if choice is not None and choice.message is not None else None,
+        text=choice.message.content if getattr(choice, "message", None) is not None else None,
         prompt_tokens=int(getattr(usage, "prompt_tokens", 0) or 0),
         completion_tokens=int(getattr(usage, "completion_tokens", 0) or 0),
         seconds=round(seconds, 3),
         attempts=attempts,
-        finish_reason=choice.finish_reason if choice is not None else None,
+        finish_reason=getattr(choice, "finish_reason", None),
     )
