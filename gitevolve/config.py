@@ -148,6 +148,9 @@ class ModelConfig(_Section):
     temperature: float | None = Field(default=0.7, ge=0, le=2)  # null: not sent (models that fix it)
     max_tokens: int = Field(default=8192, ge=1)
     timeout: float = Field(default=300.0, gt=0)  # seconds per call
+    # Tokens the model sees at once, prompt and reply; None: asked of a local server, else learnt
+    # from the first reply that says the prompt was too long.
+    context: int | None = Field(default=None, ge=256)
 
     _no_literal_key = model_validator(mode="before")(_refuse_literal_keys)
 
@@ -166,12 +169,16 @@ class LLMConfig(_Section):
     api_base: str = "https://api.openai.com/v1"
     api_key_env: str | None = "OPENAI_API_KEY"  # null: a local server that needs no key
     models: list[ModelConfig] = Field(min_length=1)
-    edit_format: Literal["diff", "rewrite"] = "diff"
+    edit_format: Literal["diff", "rewrite", "json"] = "diff"
+    # How a json edit's schema is sent: auto tries json_schema (OpenAI, vLLM, llama.cpp, Ollama)
+    # and falls back to json_object with a schema (llama-cpp-python's server) when it is refused.
+    response_format: Literal["auto", "json_schema", "json_object"] = "auto"
     concurrency: int = Field(default=4, ge=1, le=64)
     retries: int = Field(default=4, ge=0, le=20)
     backoff: float = Field(default=2.0, gt=0)  # seconds before the first retry, doubled for each next one
     max_backoff: float = Field(default=60.0, gt=0)  # the longest wait, Retry-After included
     stop_after_failures: int = Field(default=8, ge=1)  # failed calls in a row that stop the run
+    stop_after_refusals: int = Field(default=24, ge=1)  # refused replies in a row that stop it (a warning at half)
     prompt: PromptConfig = PromptConfig()
 
     _no_literal_key = model_validator(mode="before")(_refuse_literal_keys)

@@ -108,10 +108,13 @@ def model_usage(store: Store, population: Population) -> list[dict]:
         failures = usage.get("failures", {})
         rows.append({
             "model": name, "calls": usage.get("calls", 0), "retries": usage.get("retries", 0),
+            "replies": usage.get("replies", 0), "proposals": usage.get("proposals", 0),
             "failed": sum(failures.values()), "failures": failures,
             "prompt_tokens": usage.get("prompt_tokens", 0), "completion_tokens": usage.get("completion_tokens", 0),
             "seconds_per_reply": round(usage.get("seconds", 0.0) / max(usage.get("replies", 0), 1), 2),
             "candidates": len(mine), "ok": sum(c.status == "ok" for c in mine),
+            # run by the evaluator: neither waiting nor the result of a program evaluated before
+            "evaluated": sum(c.status != "pending" and c.duplicate_of is None for c in mine),
             "best": max((c.score for c in mine if c.alive), default=None),
         })
     return rows

@@ -248,13 +248,13 @@ def test_a_model_repeating_a_program_is_asked_once_more_and_told_why(tmp_path):
 
 
 def test_a_reply_cut_off_at_max_tokens_is_refused_saying_so(tmp_path):
-    cut = Reply("SUMMARY: Set C\n<<<<<<< SEARCH\nC = 0.5", finish_reason="length")
+    cut = Reply("SUMMARY: Set C\n<<<<<<< SEARCH\nC = 0.5", finish_reason="length", completion_tokens=8192)
     with FakeOpenAI(lambda request: cut) as server:
         repo = make_repo(tmp_path / "repo", config=model_config(server.url, "  stop_after_failures: 50\n"))
         gitevolve(repo, "run", "--iterations", "2", env=KEY)
         status = ok(gitevolve(repo, "status")).stdout
         prompt = ok(gitevolve(repo, "prompt", "gitevolve/island-0")).stdout
-    assert "(the reply was cut off at max_tokens)" in prompt  # the next prompt tells the model why
+    assert "(the reply was cut off at max_tokens, 8,192)" in prompt  # the next prompt tells the model why
     assert "unparsable reply" in status
 
 

@@ -1,7 +1,8 @@
 """A model's reply turned into new file contents, or a precise reason why it cannot be.
 
-Two formats, chosen in the config: SEARCH/REPLACE blocks (`diff`, the default) and a full
-rewrite of each EVOLVE-BLOCK (`rewrite`). OpenEvolve skipped SEARCH texts it could not find and
+Three formats, chosen in the config: SEARCH/REPLACE blocks (`diff`, the default), a full
+rewrite of each EVOLVE-BLOCK (`rewrite`), and a JSON object the server's decoder is held to
+(`json`: tunables' new values and search/replace pairs, see `structured`). OpenEvolve skipped SEARCH texts it could not find and
 accepted prose as code (their issue #241); here every such reply is refused. A refusal is a
 `MutationRejected` whose message starts with a short kind (what the run's statistics count,
 the text before the first colon) followed by what the model needs to hear to do better.
@@ -12,11 +13,13 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from gitevolve.llm import structured
 from gitevolve.mutate import MutationRejected
 from gitevolve.mutate.blocks import END, START, check, has_blocks, regions
 
 THINKING = re.compile(r"<think(?:ing)?>.*?</think(?:ing)?>", re.S | re.I)
 SEARCH_START = re.compile(r"^[ \t]*<{5,9} ?SEARCH[ \t]*$", re.M)
+REPLACE_END = re.compile(r"^[ \t]*>{5,9} ?REPLACE[ \t]*$", re.M)
 BLOCK = re.compile(
     r"^[ \t]*<{5,9} ?SEARCH[ \t]*\n(?P<search>.*?)^[ \t]*={5,9}[ \t]*\n(?P<replace>.*?)^[ \t]*>{5,9} ?REPLACE[ \t]*$",
     re.M | re.S,
@@ -46,7 +49,11 @@ def apply(reply: str | None, files: dict[str, str], edit_format: str) -> Edit:
     text = THINKING.sub("", reply or "").strip()
     if not text:
         raise reject("empty reply", "the reply had no text")
-    new, count, fuzzy = _apply_diff(text, files) if edit_format == "diff" else _apply_rewrite(text, files)
+    if edit_format == "json":
+        new, count, fuzzy, (summary, rationale) = _apply_json(text, files)
+    else:
+        new, count, fuzzy = _apply_diff(text, files) if edit_format == "diff" else _apply_rewrite(text, files)
+        summary, rationale = _describe(text)
     changed = {path: body for path, body in new.items() if body != files[path]}
     if not changed:
         raise reject("edit changes nothing", "the new code is identical to the current program")
@@ -55,8 +62,28 @@ def apply(reply: str | None, files: dict[str, str], edit_format: str) -> Edit:
             check(path, files[path], body)
         except MutationRejected as e:
             raise reject("edit outside EVOLVE-BLOCK", f"{e}; only the lines between the markers may change") from None
-    summary, rationale = _describe(text)
+        _check_code(path, files[path], body)
     return Edit(changed, summary, rationale, count, fuzzy)
+
+
+def _check_code(path: str, old: str, new: str) -> None:
+    """What is certain not to run is refused before any commit: an evaluation would only say so later.
+    A small model pastes its SEARCH/REPLACE markers into a rewrite, or an artifact in place of code."""
+    for marker in (SEARCH_START, REPLACE_END):
+        if len(marker.findall(new)) > len(marker.findall(old)):
+            raise reject("edit markers in the code", f"{path}: the new code holds SEARCH/REPLACE marker lines; "
+                                                    f"give only the code itself")
+    if not path.endswith(".py"):
+        return
+    try:
+        compile(old, path, "exec")
+    except (SyntaxError, ValueError):
+        return  # the program itself does not parse: the evaluator, not this check, decides
+    try:
+        compile(new, path, "exec")
+    except (SyntaxError, ValueError) as e:
+        where = f" line {e.lineno}" if getattr(e, "lineno", None) else ""
+        raise reject("code does not parse", f"{path}{where}: {getattr(e, 'msg', e)}; the reply must leave valid Python") from None
 
 
 def _describe(text: str) -> tuple[str | None, str]:
@@ -192,6 +219,30 @@ def _nearest(files: dict[str, str], search: str) -> str:
                     return (f"its first line matches {path}:{i + 1}, but SEARCH line {start + k + 1} `{w.strip()[:80]}` "
                             f"differs from the file's `{got[:80]}`; copy SEARCH lines exactly from the program")
     return f"`{first.strip()[:80]}` does not occur in any evolvable file; copy SEARCH lines exactly from the program"
+
+
+# --- JSON (structured output) ------------------------------------------------------------------
+
+
+def _apply_json(text: str, files: dict[str, str]) -> tuple[dict[str, str], int, int, tuple[str | None, str]]:
+    reply = structured.parse(text)
+    asked, pairs = reply.get("tunables") or {}, reply.get("edits") or []
+    if not asked and not pairs:
+        raise reject("no edit in the reply", "the reply changes no tunable and gives no edit: name a tunable with a "
+                                             "new value, or give a search/replace pair")
+    current, changes = structured.apply_tunables(files, asked)
+    fuzzy = 0
+    for n, pair in enumerate(pairs, 1):
+        search, replace = (pair.get("search"), pair.get("replace")) if isinstance(pair, dict) else (None, None)
+        if not isinstance(search, str) or not isinstance(replace, str):
+            raise reject("unparsable reply", f"edit {n} must be an object with the strings `search` and `replace`")
+        if not search.strip():
+            raise reject("empty SEARCH", f"edit {n} has no search text: copy the lines to replace from the program")
+        hit, tolerant = _locate(current, search, replace, n)
+        fuzzy += tolerant
+        body = current[hit.path]
+        current[hit.path] = body[: hit.start] + hit.replacement + body[hit.end :]
+    return current, len(changes) + len(pairs), fuzzy, structured.summary_and_rationale(reply, changes)
 
 
 # --- full rewrite ------------------------------------------------------------------------------

@@ -15,13 +15,15 @@ from __future__ import annotations
 
 import os
 import random
+import threading
 from typing import Callable, Mapping
 
-from gitevolve.config import Config
-from gitevolve.llm import edits
+from gitevolve.config import Config, ModelConfig
+from gitevolve.errors import GitevolveError
+from gitevolve.llm import edits, structured
 from gitevolve.llm.client import CallFailed, Client
 from gitevolve.llm.ledger import Ledger
-from gitevolve.llm.prompt import Prompts
+from gitevolve.llm.prompt import Prompts, tokens
 from gitevolve.mutate import MutationRejected, Observed, Operator, Program, Proposal
 from gitevolve.mutate.search import SearchOperator
 from gitevolve.mutate.tunables import TunablesOperator
@@ -35,10 +37,15 @@ class ModelOperator:
     duplicate_attempts = 2
 
     def __init__(self, config: Config, client: Client, ledger: Ledger, prompts: Prompts,
-                 builtins: dict[str, Operator] | None = None) -> None:
+                 builtins: dict[str, Operator] | None = None, say: Callable[[str], None] | None = None) -> None:
         assert config.llm is not None
         self.client, self.ledger, self.prompts = client, ledger, prompts
         self.edit_format = config.llm.edit_format
+        self.say = say  # one line per model call: calls made and refused are never silence
+        self.stop_after_refusals = config.llm.stop_after_refusals
+        self._refused_in_a_row = 0
+        self._overflowing: set[str] = set()  # models already warned that no prompt fits
+        self._lock = threading.Lock()
         # The built-in operators' shares, in a fixed order; the rest is the model's.
         self.shares = {name: share for name, share in config.mutation.mix().items() if name != "llm" and share > 0}
         self.builtins = {name: op for name, op in (builtins or {}).items() if name in self.shares}
@@ -57,28 +64,85 @@ class ModelOperator:
                     except MutationRejected:
                         break  # nothing the built-in operator can change here: the model's turn
         model = self.client.pick(rng)
-        messages = self.prompts.messages(parent, inspirations, self.ledger.feedback(parent.candidate.sha),
-                                         self.tried.get(parent.island, []))
+        feedback, tried = self.ledger.feedback(parent.candidate.sha), self.tried.get(parent.island, [])
+        room = self._room(model)
+        messages = self.prompts.messages(parent, inspirations, feedback, tried, room)
+        if room is not None and tokens(messages) > room and model.name not in self._overflowing:
+            self._overflowing.add(model.name)
+            self._tell(f"warning: the smallest prompt gitevolve can make for {model.name} is about {tokens(messages):,} "
+                       f"tokens, over the {room:,} its context of {self.client.context(model):,} leaves beside the "
+                       f"reply's: replies will be cut off. Serve the model with a longer context (llm.models[].context "
+                       f"says it), or evolve a smaller EVOLVE-BLOCK")
+        schema = structured.schema(parent.files, [o.settings for o in tried]) if self.edit_format == "json" else None
         try:
-            reply = self.client.complete(model, messages)
+            reply = self.client.complete(model, messages, schema)
         except CallFailed as e:
             self.ledger.record(model.name, attempts=e.attempts, replied=False, failure=e.kind)
+            self._tell(f"model {model.name}: failed, {e}")
+            if e.stop is not None:
+                raise GitevolveError(str(e.stop)) from None
             raise
         usage = {"attempts": reply.attempts, "prompt_tokens": reply.prompt_tokens,
                  "completion_tokens": reply.completion_tokens, "seconds": reply.seconds}
+        calls = f"model {model.name}: {reply.seconds:.1f} s, {reply.prompt_tokens:,} -> {reply.completion_tokens:,} tokens"
         try:
             edit = edits.apply(reply.text, parent.files, self.edit_format)
         except MutationRejected as e:
-            reason = str(e) + (" (the reply was cut off at max_tokens)" if reply.finish_reason == "length" else "")
+            cut = self._cut_off(model, reply)
+            reason = str(e) + cut
             self.ledger.record(model.name, **usage, replied=True, failure=reason.split(":")[0],
                                parent=parent.candidate.sha, reason=reason)
+            self._tell(f"{calls}, refused: {reason.split(':')[0] + cut if cut else reason[:160]}")
+            self._count_refusal(reason)
             raise MutationRejected(reason) from None
         self.ledger.record(model.name, **usage, replied=True, proposed=True)
+        with self._lock:
+            self._refused_in_a_row = 0
+        self._tell(f"{calls}, applied: {edit.summary or 'no summary'}"[:200])
         meta = {"model": model.name, **usage, "finish_reason": reply.finish_reason, "edit_format": self.edit_format,
                 "edits": edit.edits, "fuzzy_matches": edit.fuzzy}
         subject = edit.summary or f"Edit by {model.name} (the reply gave no summary)"
         return Proposal(edit.files, subject, edit.rationale, f"llm:{model.name}", meta)
 
+
+    def _room(self, model: ModelConfig) -> int | None:
+        """Tokens the prompt may take: the model's context less the reply's room, when the context is known."""
+        context = self.client.context(model)
+        if context is None:
+            return None
+        return max(context - min(model.max_tokens, context // 2), context // 4)
+
+    def _cut_off(self, model: ModelConfig, reply) -> str:
+        """Why a reply stopped early, in words that point at the remedy: llama.cpp clamps max_tokens
+        to what is left of its context without saying so."""
+        if reply.finish_reason != "length":
+            return ""
+        context = self.client.context(model)
+        used = reply.prompt_tokens + reply.completion_tokens
+        if context is not None and used >= context - 8:
+            return (f" (the reply was cut off at the model's context window: {reply.prompt_tokens:,} prompt tokens left "
+                    f"{reply.completion_tokens:,} of the {context:,} for the reply)")
+        if reply.completion_tokens >= model.max_tokens:
+            return f" (the reply was cut off at max_tokens, {model.max_tokens:,})"
+        return (f" (the server cut the reply off at {reply.completion_tokens:,} tokens, under max_tokens "
+                f"{model.max_tokens:,}: its context window, most likely; llm.models[].context sets it)")
+
+    def _tell(self, line: str) -> None:
+        if self.say is not None:
+            self.say(line)
+
+    def _count_refusal(self, reason: str) -> None:
+        with self._lock:
+            self._refused_in_a_row += 1
+            n = self._refused_in_a_row
+        limit = self.stop_after_refusals
+        if n == max(limit // 2, 1) and n < limit:
+            self._tell(f"warning: {n} model replies in a row were refused (the last: {reason[:120]}); the run stops at "
+                       f"{limit} (llm.stop_after_refusals). `gitevolve status` counts them by kind.")
+        if n >= limit:
+            raise GitevolveError(f"{n} model replies in a row were refused (the last: {reason[:160]}): stopping. Try "
+                                 f"edit_format: json where the server supports it, or a larger model "
+                                 f"(llm.stop_after_refusals sets the limit)")
 
     def observe(self, island: int, seen: Observed) -> None:
         """Scores fill the prompt's table of the tunables, and teach the built-in operator's search,
@@ -113,7 +177,7 @@ def operator_for(store: Store, config: Config, environ: Mapping[str, str] = os.e
         return builtin_operator(config)
     builtins = {name: builtin_operator(config, name) for name, share in config.mutation.mix().items()
                 if name != "llm" and share > 0}
-    return ModelOperator(config, Client(config.llm, environ, say=say), Ledger(store), Prompts(store, config), builtins)
+    return ModelOperator(config, Client(config.llm, environ, say=say), Ledger(store), Prompts(store, config), builtins, say)
 
 
 def _builtin_words(config: Config, name: str | None = None) -> str:

@@ -23,7 +23,7 @@ from pathlib import Path
 
 from gitevolve.config import Config, PromptConfig
 from gitevolve.errors import GitevolveError
-from gitevolve.llm import history
+from gitevolve.llm import history, structured
 from gitevolve.llm.edits import rewrite_targets
 from gitevolve.mutate import MutationRejected, Observed, Program, tunables
 from gitevolve.mutate.blocks import has_blocks
@@ -36,12 +36,31 @@ PLACEHOLDERS = {
     "user.txt": ("task", "program", "tunables", "artifacts", "lineage", "attempts", "others", "format"),
     "diff.txt": (),
     "rewrite.txt": ("targets",),
+    "json.txt": ("example",),
 }
 LANGUAGES = {".py": "python", ".metal": "metal", ".cu": "cuda", ".cuh": "cuda", ".cpp": "cpp", ".cc": "cpp",
              ".h": "cpp", ".hpp": "cpp", ".c": "c", ".rs": "rust", ".js": "javascript", ".ts": "typescript"}
 MAX_METRICS = 40
 METRIC_CHARS = 200
 REASON_CHARS = 200
+# A safe estimate where no tokenizer is asked: code and English run 3.5 to 4.5 characters a
+# token in the tokenizers of Llama, Qwen and SmolLM2; 3 leaves room for the worst of them.
+CHARS_PER_TOKEN = 3.0
+# What a prompt gives up, in turn, until it fits the model's context: other candidates first, then
+# the history, then metrics and artifacts. The parent's code and the reply's format always stay.
+SHRINK = (
+    {},
+    {"inspirations": False, "other_islands": 0, "diff_lines": 20},
+    {"inspirations": False, "other_islands": 0, "lineage": 2, "attempts": 2},
+    {"inspirations": False, "other_islands": 0, "lineage": 2, "attempts": 2, "artifact_chars": 600, "metrics": 8},
+    {"inspirations": False, "other_islands": 0, "lineage": 0, "attempts": 0, "artifact_chars": 0, "metrics": 0,
+     "tunables": False},
+)
+
+
+def tokens(messages: list[dict]) -> int:
+    """The prompt's tokens, estimated from its characters (a little per message for the chat template)."""
+    return sum(int(len(m["content"]) / CHARS_PER_TOKEN) + 8 for m in messages)
 
 
 def load_templates(root: Path, folder: str | None) -> dict[str, str]:
@@ -92,21 +111,34 @@ class Prompts:
         self.templates = load_templates(store.root, self.settings.templates)
 
     def messages(self, parent: Program, inspirations: list[Program], feedback: list[dict],
-                 tried: list[Observed] | None = None) -> list[dict]:
-        """`tried`: the island's scored candidates, for the table of what each tunable's values scored."""
-        s, sha = self.settings, parent.candidate.sha
+                 tried: list[Observed] | None = None, room: int | None = None) -> list[dict]:
+        """`tried`: the island's scored candidates, for the table of what each tunable's values scored.
+        `room`: the tokens the prompt may take; history, inspirations, metrics and artifacts are cut,
+        in that order, until it fits (the parent's code and the reply format never are)."""
+        for cut in SHRINK if room is not None else SHRINK[:1]:
+            messages = self._messages(parent, inspirations if cut.get("inspirations", True) else [], feedback,
+                                      tried if cut.get("tunables", True) else [],
+                                      self.settings.model_copy(update={k: v for k, v in cut.items() if k in PromptConfig.model_fields}),
+                                      cut.get("metrics", MAX_METRICS))
+            if room is None or tokens(messages) <= room:
+                break
+        return messages
+
+    def _messages(self, parent: Program, inspirations: list[Program], feedback: list[dict], tried: list[Observed],
+                  s: PromptConfig, metrics: int) -> list[dict]:
+        sha = parent.candidate.sha
         lineage = history.lineage(self.store, sha, s.lineage)
         note = lineage[0].note if lineage and lineage[0].sha == sha else None
         around = self._neighbours()
         island = (note or {}).get("island", parent.candidate.island)
         user = fill("user.txt", self.templates["user.txt"], {
             "task": self._task(parent),
-            "program": self._program(parent, note, island, around),
-            "tunables": tunables_table(parent, tried or []),
-            "artifacts": self._artifacts(note),
+            "program": self._program(parent, note, island, around, metrics),
+            "tunables": tunables_table(parent, tried),
+            "artifacts": self._artifacts(note, s),
             "lineage": self._lineage(lineage),
-            "attempts": self._attempts(sha, parent.candidate.score, feedback),
-            "others": self._others(parent, inspirations, island, around),
+            "attempts": self._attempts(sha, parent.candidate.score, feedback if s.attempts else [], s),
+            "others": self._others(parent, inspirations, island, around, s),
             "format": self._format(parent),
         })
         system = fill("system.txt", self.templates["system.txt"], {"system_message": s.system_message.strip()})
@@ -126,7 +158,7 @@ class Prompts:
         return ("Improve the program below. An evaluator scores every candidate, higher is better; a candidate "
                 f"that fails its checks scores nothing. {where}")
 
-    def _program(self, parent: Program, note: dict | None, island: int | None, around: Neighbours) -> str:
+    def _program(self, parent: Program, note: dict | None, island: int | None, around: Neighbours, most: int) -> str:
         c = parent.candidate
         where = "the base" if island is None else f"island {island}"
         lines = [f"# Current program: commit {c.sha[:10]} ({where})", ""]
@@ -142,26 +174,26 @@ class Prompts:
             said = f" ({'; '.join(facts)})" if facts else ""
             lines.append(f"Status {note.get('status')}, score {_score(number(note.get('score')))}{said}.")
             metrics = note.get("metrics") or {}
-            if metrics:
-                lines += ["", "Metrics:"] + [f"- {k}: {_short(v, METRIC_CHARS)}" for k, v in list(sorted(metrics.items()))[:MAX_METRICS]]
+            if metrics and most:
+                lines += ["", "Metrics:"] + [f"- {k}: {_short(v, METRIC_CHARS)}" for k, v in list(sorted(metrics.items()))[:most]]
         for path, text in parent.files.items():
             fence = "````" if "```" in text else "```"
             lines += ["", f"## {path}", "", f"{fence}{LANGUAGES.get(Path(path).suffix, '')}", text.rstrip("\n"), fence]
         return "\n".join(lines)
 
-    def _artifacts(self, note: dict | None) -> str:
+    def _artifacts(self, note: dict | None, s: PromptConfig) -> str:
         artifacts = dict((note or {}).get("artifacts") or {})
         stdout = artifacts.get("stdout", "").rstrip().rsplit("\n", 1)
         if stdout[-1].lstrip().startswith("{"):  # the hook's result line: its metrics are shown above
             artifacts["stdout"] = stdout[0] if len(stdout) > 1 else ""
         shown = {k: v for k, v in sorted(artifacts.items()) if isinstance(v, str) and v.strip()}
-        if not shown or self.settings.artifact_chars == 0:
+        if not shown or s.artifact_chars == 0:
             return ""
         lines = ["# What the evaluator reported for this program"]
         if (note or {}).get("reason"):
             lines += ["", f"Reason: {note['reason']}"]
         for name, text in shown.items():
-            lines += ["", f"## {name}", "", "```", _clip(text.strip("\n"), self.settings.artifact_chars), "```"]
+            lines += ["", f"## {name}", "", "```", _clip(text.strip("\n"), s.artifact_chars), "```"]
         return "\n".join(lines)
 
     def _lineage(self, entries: list[history.Entry]) -> str:
@@ -176,8 +208,8 @@ class Prompts:
             lines.append(f"- {entry.sha[:10]}  {_outcome(entry)}{change}  {entry.subject}{label}")
         return "\n".join(lines)
 
-    def _attempts(self, sha: str, score: float | None, feedback: list[dict]) -> str:
-        tried = history.children(self.store, sha, self.settings.attempts) if self.settings.attempts else []
+    def _attempts(self, sha: str, score: float | None, feedback: list[dict], s: PromptConfig) -> str:
+        tried = history.children(self.store, sha, s.attempts) if s.attempts else []
         if not tried and not feedback:
             return ""
         lines = ["# Already tried from this program (do not repeat these)", ""]
@@ -188,19 +220,20 @@ class Prompts:
             lines.append(f"- a reply that could not be applied ({refused.get('model')}): {refused.get('reason')}")
         return "\n".join(lines)
 
-    def _others(self, parent: Program, inspirations: list[Program], island: int | None, around: Neighbours) -> str:
+    def _others(self, parent: Program, inspirations: list[Program], island: int | None, around: Neighbours,
+                s: PromptConfig) -> str:
         seen, blocks = {parent.candidate.sha}, []
         mine = [(p.candidate.sha, "from this island", p.candidate.score, p.candidate.subject) for p in inspirations]
         rivals = sorted(((k, e) for k, e in around.champions.items() if k != island and e.score is not None),
                         key=lambda ke: (-(ke[1].score or 0.0), ke[0]))
         theirs = [(e.sha, f"best of island {k}", e.score, e.subject) for k, e in rivals]
-        for picks, limit in ((mine, len(mine)), (theirs, self.settings.other_islands)):
+        for picks, limit in ((mine, len(mine)), (theirs, s.other_islands)):
             shown = 0
             for sha, label, score, subject in picks:
                 if shown == limit or sha in seen:
                     continue
                 seen.add(sha)
-                patch = history.diff(self.store, parent.candidate.sha, sha, list(parent.files), self.settings.diff_lines)
+                patch = history.diff(self.store, parent.candidate.sha, sha, list(parent.files), s.diff_lines)
                 if not patch.strip():
                     continue  # the same code: nothing to learn from it
                 shown += 1
@@ -213,6 +246,8 @@ class Prompts:
     def _format(self, parent: Program) -> str:
         if self.edit_format == "diff":
             return fill("diff.txt", self.templates["diff.txt"], {})
+        if self.edit_format == "json":
+            return fill("json.txt", self.templates["json.txt"], {"example": structured.example(parent.files)})
         targets = [f"{path} lines {r[0] + 1}-{r[1] + 1}" if r else f"all of {path}" for path, r in rewrite_targets(parent.files)]
         what = f"the EVOLVE-BLOCK ({targets[0]})" if len(targets) == 1 else f"the {len(targets)} EVOLVE-BLOCKs ({', '.join(targets)})"
         return fill("rewrite.txt", self.templates["rewrite.txt"], {"targets": what})
