@@ -76,7 +76,7 @@ def _timer(args: argparse.Namespace):
     # --child by hand, without a supervisor: the race in this process, which keeps nobody honest.
     from evaluators.gqa import local, race
 
-    return local.Local(race.Budget(seconds=race.budget_seconds(args.backend) if args.seconds is None else args.seconds),
+    return local.Local(race.budget(args.backend, args.seconds, args.rounds),
                        allow_identical=args.allow_identical)
 
 

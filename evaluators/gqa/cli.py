@@ -2,7 +2,7 @@
 only: the supervisor never imports MLX).
 
     python hooks/gqa_mlx.py [--file attention.py] [--backend auto|cpu|cuda|metal]
-        [--scenarios cpu|gpu|NAME,...] [--stage full|correctness|benchmark] [--seconds S] [--timeout T]
+        [--scenarios cpu|gpu|NAME,...] [--stage full|correctness|benchmark] [--seconds S] [--rounds N] [--timeout T]
 """
 
 from __future__ import annotations
@@ -24,6 +24,16 @@ def _seconds(text: str) -> float:
     return value
 
 
+def _rounds(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if n < 2:
+        raise argparse.ArgumentTypeError(f"must be a whole number of rounds, 2 or more, not {text}")
+    return n
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="gqa_mlx.py",
@@ -39,6 +49,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--stage", choices=STAGES, default=env_stage if env_stage in STAGES else "full",
                    help="correctness only (score 1.0 when right), or also the benchmark (full, benchmark)")
     p.add_argument("--seconds", type=_seconds, default=None, help="timing budget per scenario, both sides together")
+    p.add_argument("--rounds", type=_rounds, default=None,
+                   help="the fewest interleaved rounds per scenario, whatever --seconds says (default 8)")
     p.add_argument("--timeout", type=_seconds, default=DEFAULT_TIMEOUT,
                    help="seconds before the evaluation is killed as hung; keep it under gitevolve's timeout")
     p.add_argument("--allow-identical", action="store_true",

@@ -102,6 +102,12 @@ def budget_seconds(backend: str) -> float:
     return 0.8 if backend == "cpu" else 0.4
 
 
+def budget(backend: str, seconds: float | None = None, rounds: int | None = None) -> Budget:
+    """The hook's budget: the backend's defaults, or what --seconds and --rounds say."""
+    return Budget(seconds=budget_seconds(backend) if seconds is None else seconds,
+                  min_rounds=Budget.min_rounds if rounds is None else rounds)
+
+
 class Worker(Protocol):
     def block(self, command: dict) -> Block: ...
 

@@ -230,7 +230,7 @@ def _keep_off(cpus: frozenset[int] | None) -> None:
 
 
 def run(script: str, argv: list[str], args: argparse.Namespace) -> dict:
-    budget = race.Budget(seconds=race.budget_seconds(args.backend) if args.seconds is None else args.seconds)
+    budget = race.budget(args.backend, args.seconds, args.rounds)
     deadline = time.monotonic() + args.timeout
     cpus = timing_cpus(args.backend)
     _keep_off(cpus)
