@@ -530,3 +530,16 @@ def test_a_warning_shown_from_a_harness_module_is_not_tampering():
     assert snapshot.changed() == []
     snapshot.objects["evaluators.gqa.integrity.capture"] = object()  # a real change is still seen
     assert snapshot.changed() == ["evaluators.gqa.integrity.capture"]
+
+
+def test_the_timing_budget_is_the_backends_unless_the_flags_say_otherwise(capsys):
+    from evaluators.gqa import race
+
+    assert race.budget("cpu") == Budget(seconds=0.8, min_rounds=8)
+    assert race.budget("cuda") == race.budget("metal") == Budget(seconds=0.2, min_rounds=4)
+    assert race.budget("cuda", 0.5, 6) == Budget(seconds=0.5, min_rounds=6)
+    assert cli.parse(["--rounds", "6"]).rounds == 6
+    for bad in ("1", "four"):
+        with pytest.raises(SystemExit):
+            cli.parse(["--rounds", bad])
+        assert "--rounds: must be a whole number of rounds, 2 or more" in capsys.readouterr().err
