@@ -160,10 +160,15 @@ def demo(where: Path, iterations: int) -> int:
     did = what_the_model_did(repo)
     applied = f"{did['applied'] / did['replies']:.0%}" if did["replies"] else "-"
     print(f"What the model did: {did['calls']} calls, {did['replies']} replies, {did['applied']} applied ({applied}), "
-          f"{did['candidates']} candidates evaluated, {did['ok']} ok; best {did['best']} against the base's {did['base']}.")
+          f"{did['candidates']} candidates evaluated, {did['ok']} ok; best champion {_score(did['best'])} against the "
+          f"base's {_score(did['base'])}.")
     print(f"Refused replies by kind: {did['failures'] or 'none'}. Read each with: cd {where} && git log --branches "
           f"--format='%h %s%n%b' | head -40")
     return run.returncode
+
+
+def _score(value: float | None) -> str:
+    return "-" if value is None else f"{value:.4g}"
 
 
 def main(argv: list[str] | None = None) -> int:
